@@ -1,0 +1,1 @@
+"""Running Switchboard: settings, bus clients, the embedded stack, the CLI and deployment files."""

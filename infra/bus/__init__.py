@@ -1,0 +1,19 @@
+"""Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end."""
+
+from infra.bus.admin import TopicOutcome, ensure_topics, existing_topics
+from infra.bus.clients import aiokafka_common, confluent_config, consumer, producer
+from infra.bus.reading import PartitionEnd, find_ends, read_topic, topic_ends
+
+__all__ = [
+    "PartitionEnd",
+    "TopicOutcome",
+    "aiokafka_common",
+    "confluent_config",
+    "consumer",
+    "ensure_topics",
+    "existing_topics",
+    "find_ends",
+    "producer",
+    "read_topic",
+    "topic_ends",
+]

@@ -1,0 +1,286 @@
+"""Switchboard's settings: one typed object from environment variables (`SWITCHBOARD_...`) and an optional TOML file.
+
+Each external part (Kafka, S3, MQTT) is *embedded* unless its address is configured; then nothing is started for
+it and the same code talks to the real service. Everything is validated up front, and errors name the bad key
+together with the environment variable that sets it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from topics.errors import ConfigError
+
+ENV_PREFIX = "SWITCHBOARD_"
+CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "switchboard"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """The Kafka-protocol bus. No `bootstrap_servers` means the embedded Tansu broker."""
+
+    bootstrap_servers: str | None = Field(None, description="host:port[,host:port...] of an external cluster")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "switchboard"
+    replication_factor: int = Field(1, ge=1)
+    # Latency knobs. Tansu does not wake a waiting fetch when data arrives, so every hop costs up to the fetch
+    # wait: embedded defaults are low. A real broker answers as soon as data arrives; 500 ms is Kafka's default.
+    fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
+    rebalance_timeout_ms: int | None = Field(None, ge=1000)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    @property
+    def embedded(self) -> bool:
+        return self.bootstrap_servers is None
+
+    @property
+    def effective_fetch_max_wait_ms(self) -> int:
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return 10 if self.embedded else 500
+
+    @property
+    def effective_rebalance_timeout_ms(self) -> int:
+        # The first group join waits the full rebalance timeout on Tansu; keep it short there.
+        if self.rebalance_timeout_ms is not None:
+            return self.rebalance_timeout_ms
+        return 3_000 if self.embedded else 60_000
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (
+            not self.sasl_mechanism or not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError(
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
+        if self.session_timeout_ms > self.request_timeout_ms:
+            raise ValueError("session_timeout_ms cannot exceed request_timeout_ms")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+
+class S3Settings(_Section):
+    """Object storage. No `endpoint_url` means the embedded SeaweedFS; for AWS S3 set `endpoint_url` to
+    `https://s3.REGION.amazonaws.com` (or your MinIO/Ceph endpoint)."""
+
+    endpoint_url: str | None = None
+    bucket: str = Field("switchboard", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    broker_bucket: str = Field("switchboard-bus", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    access_key_id: str = "switchboard"
+    secret_access_key: SecretStr = SecretStr("switchboard-secret")
+    region: str = "us-east-1"
+
+    @property
+    def embedded(self) -> bool:
+        return self.endpoint_url is None
+
+
+class MQTTSettings(_Section):
+    """The MQTT broker for the IoT bridge. No `host` means the embedded amqtt broker."""
+
+    host: str | None = None
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.host is None
+
+
+class EmbeddedSettings(_Section):
+    """Ports and knobs of the embedded stack (all bound to `host`). Chosen away from the services' usual ports so
+    a real Kafka, S3 or MQTT on the same machine does not collide."""
+
+    host: Literal["127.0.0.1"] = "127.0.0.1"
+    kafka_port: int = Field(19092, ge=1024, le=65535)
+    s3_port: int = Field(18333, ge=1024, le=65535)
+    weed_master_port: int = Field(19333, ge=1024, le=65535)
+    weed_volume_port: int = Field(18080, ge=1024, le=65535)
+    weed_filer_port: int = Field(18888, ge=1024, le=65535)
+    mqtt_port: int = Field(11883, ge=1024, le=65535)
+    start_timeout_s: float = Field(60.0, gt=0)
+    stop_timeout_s: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> EmbeddedSettings:
+        ports = [self.kafka_port, self.s3_port, self.weed_master_port, self.weed_volume_port,
+                 self.weed_filer_port, self.mqtt_port]
+        # weed also listens on each of its ports + 10000 for gRPC.
+        grpc = [p + 10000 for p in (self.weed_master_port, self.weed_volume_port, self.weed_filer_port)]
+        every = ports + grpc
+        if len(set(every)) != len(every):
+            raise ValueError(f"embedded ports must all differ (weed uses port+10000 for gRPC): {every}")
+        if any(p > 65535 for p in grpc):
+            raise ValueError("weed master/volume/filer ports must be <= 55535 (their gRPC port is port+10000)")
+        return self
+
+
+class WorkerSettings(_Section):
+    """The Switchboard stream workers (Faust)."""
+
+    count: int = Field(1, ge=0, le=16)
+    app_id: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$")
+    store: str = "rocksdb://"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """Everything Switchboard needs to run, embedded or against real services."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    kafka: KafkaSettings = KafkaSettings()
+    s3: S3Settings = S3Settings()
+    mqtt: MQTTSettings = MQTTSettings()
+    embedded: EmbeddedSettings = EmbeddedSettings()
+    workers: WorkerSettings = WorkerSettings()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where the bus is: the configured cluster, or the embedded broker."""
+        if self.kafka.bootstrap_servers is not None:
+            return self.kafka.bootstrap_servers
+        return f"{self.embedded.host}:{self.embedded.kafka_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        if self.s3.endpoint_url is not None:
+            return self.s3.endpoint_url
+        return f"http://{self.embedded.host}:{self.embedded.s3_port}"
+
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        if self.mqtt.host is not None:
+            return self.mqtt.host, self.mqtt.port
+        return self.embedded.host, self.embedded.mqtt_port
+
+    def environment(self) -> dict[str, str]:
+        """These settings as `SWITCHBOARD_*` variables, to hand to child processes (workers)."""
+        env: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(f"{prefix}{name.upper()}__", getattr(value, name))
+                return
+            key = prefix[:-2]
+            if value is None:
+                return
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+
+        walk(ENV_PREFIX, self)
+        return env
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def _explain(exc: ValidationError, origin: str) -> ConfigError:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc) or "(settings)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling; `switchboard config` lists them all)"
+        lines.append(f"  {key} (env {_env_name(loc)}): {message}")
+    return ConfigError(f"invalid Switchboard settings ({origin}):\n" + "\n".join(lines))
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings: keyword overrides > environment > TOML file (`config_file` or $SWITCHBOARD_CONFIG) > defaults."""
+    path_text = config_file if config_file is not None else os.environ.get(CONFIG_FILE_ENV)
+    settings_cls: type[Settings] = Settings
+    origin = "environment"
+    if path_text:
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (given by --config or ${CONFIG_FILE_ENV})")
+        try:
+            import tomllib
+
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        settings_cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+        origin = f"environment and {path}"
+    # $SWITCHBOARD_CONFIG names the file; it is not a setting itself.
+    saved = os.environ.pop(CONFIG_FILE_ENV, None)
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise _explain(exc, origin) from None
+    finally:
+        if saved is not None:
+            os.environ[CONFIG_FILE_ENV] = saved

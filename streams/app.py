@@ -1,0 +1,71 @@
+"""The Faust application of a Switchboard worker, built from settings."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from infra.bus.clients import ssl_context
+from infra.config import Settings
+from streams.shell import StreamShell
+from topics.processor import Processor
+
+
+class SwitchboardApp(faust.App):  # type: ignore[misc]
+    """A Faust app that also carries the consumer fetch wait (read by `streams.transport`)."""
+
+    fetch_max_wait_ms: int = 500
+
+
+def _credentials(settings: Settings) -> Any:
+    kafka = settings.kafka
+    context: ssl.SSLContext | None = ssl_context(settings)
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return faust.SASLCredentials(username=kafka.sasl_username, password=password,
+                                     ssl_context=context, mechanism=kafka.sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def worker_data_dir(settings: Settings, worker_id: str) -> Path:
+    return settings.data_dir / "workers" / worker_id
+
+
+def create_app(settings: Settings, processors: list[Processor] | None = None, *, worker_id: str = "0") -> SwitchboardApp:
+    """A worker app running `processors` (default: the built-in agents) under the stream shell."""
+    kafka = settings.kafka
+    datadir = worker_data_dir(settings, worker_id)
+    datadir.mkdir(parents=True, exist_ok=True)
+    brokers = ";".join(f"switchboard://{server.strip()}" for server in settings.bootstrap_servers.split(","))
+    app = SwitchboardApp(
+        settings.workers.app_id,
+        broker=brokers,
+        broker_credentials=_credentials(settings),
+        broker_client_id=f"{kafka.client_id}-worker-{worker_id}",
+        store=settings.workers.store,
+        datadir=str(datadir),
+        web_enabled=False,
+        autodiscover=False,
+        topic_replication_factor=kafka.replication_factor,
+        topic_partitions=4,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
+        broker_rebalance_timeout=kafka.effective_rebalance_timeout_ms / 1000,
+        broker_request_timeout=kafka.request_timeout_ms / 1000,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+    )
+    app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
+    if processors is None:
+        from agents.echo import EchoAgent
+
+        processors = [EchoAgent()]
+    StreamShell(app).register_all(processors)
+    return app
