@@ -44,6 +44,7 @@ class StackError(SwitchboardError):
 
     def __init__(self, component: str, message: str, *, port: int | None = None, log: str | None = None) -> None:
         self.component = component
+        self.reason = message
         self.port = port
         self.log = log
         where = f" (port {port})" if port is not None else ""

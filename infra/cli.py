@@ -1,0 +1,278 @@
+"""The `switchboard` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from infra.config import Settings, load_settings
+from topics import catalog
+from topics.errors import SwitchboardError
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj.get("settings")
+    if settings is None:
+        settings = load_settings(ctx.obj.get("config"), **ctx.obj.get("overrides", {}))
+        ctx.obj["settings"] = settings
+    return settings
+
+
+class _Group(click.Group):
+    """Prints Switchboard's own errors as one clear message (exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SwitchboardError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except TimeoutError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML settings file (default: $SWITCHBOARD_CONFIG). Environment variables override it.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the embedded stack keeps data, logs and PIDs (default: $SWITCHBOARD_DATA_DIR).")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
+    """Switchboard: a digital employee built as an event-driven message bus."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["overrides"] = {"data_dir": data_dir} if data_dir else {}
+
+
+# -- stack -----------------------------------------------------------------------------------------------------
+def _print_status(statuses: list[Any]) -> None:
+    for s in statuses:
+        if not s.running:
+            state = click.style("stopped", fg="yellow")
+        elif s.healthy:
+            state = click.style("healthy", fg="green")
+        else:
+            state = click.style("unhealthy", fg="red")
+        pid = f"pid {s.pid}" if s.pid else "-"
+        click.echo(f"  {s.name:<10} {state:<18} {pid:<11} {s.endpoint}")
+        if s.detail:
+            click.echo(f"             {s.detail}")
+        if s.running and not s.healthy:
+            click.echo(f"             log: {s.log}")
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(0, 16), default=None, help="Number of stream workers.")
+@click.pass_context
+def up(ctx: click.Context, workers: int | None) -> None:
+    """Start the embedded stack (S3, Kafka-protocol broker, MQTT, workers) and wait until each answers.
+
+    Parts configured as external (Kafka, S3 or MQTT address set) are checked, not started.
+    """
+    from infra.embedded import EmbeddedStack
+
+    if workers is not None:
+        ctx.obj["overrides"]["workers"] = {"count": workers}
+    settings = _settings(ctx)
+    stack = EmbeddedStack(settings)
+    click.echo(f"Switchboard up (data: {settings.data_dir})")
+    statuses = _run(stack.up(progress=lambda line: click.echo(f"  {line}")))
+    click.echo("Running:")
+    _print_status(statuses)
+    click.echo(f"Logs: {settings.data_dir / 'logs'}.  Try: switchboard chat   Stop: switchboard down")
+    if not all(s.running and s.healthy for s in statuses):
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop everything `switchboard up` started (by PID), workers first."""
+    from infra.embedded import EmbeddedStack
+
+    settings = _settings(ctx)
+    outcomes = EmbeddedStack(settings).down(progress=lambda line: click.echo(f"  {line}"))
+    if not outcomes:
+        click.echo(f"nothing was running (data: {settings.data_dir})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """What runs, and whether each part answers."""
+    from infra.embedded import EmbeddedStack
+
+    settings = _settings(ctx)
+    statuses = _run(EmbeddedStack(settings).status())
+    if as_json:
+        click.echo(json.dumps([s.__dict__ for s in statuses], indent=2))
+    else:
+        click.echo(f"Switchboard (data: {settings.data_dir})")
+        _print_status(statuses)
+    if not all(s.running and s.healthy for s in statuses):
+        sys.exit(3)
+
+
+# -- topics & schemas ------------------------------------------------------------------------------------------
+@cli.group()
+def topics() -> None:
+    """The declared topics (topics/catalog.py)."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create every declared topic that does not exist (idempotent)."""
+    from infra.bus.admin import ensure_topics
+
+    for outcome in _run(ensure_topics(_settings(ctx), catalog.ALL)):
+        verb = "created" if outcome.created else "exists "
+        note = f"  ({outcome.note})" if outcome.note else ""
+        click.echo(f"  {verb} {outcome.spec.name}{note}")
+
+
+@topics.command("list")
+@click.option("--offline", is_flag=True, help="Only the declarations; do not ask the bus.")
+@click.pass_context
+def topics_list(ctx: click.Context, offline: bool) -> None:
+    """Declared topics with their schema, key, partitions, retention and owner."""
+    existing: dict[str, int] = {}
+    if not offline:
+        from infra.bus.admin import existing_topics
+
+        existing = _run(existing_topics(_settings(ctx)))
+    for spec in catalog.ALL:
+        retention = "compacted" if spec.cleanup.value == "compact" else (
+            f"{spec.retention_ms // 86_400_000}d" if spec.retention_ms else "forever")
+        state = "" if offline else ("  [on bus]" if spec.name in existing else "  [missing: switchboard topics create]")
+        click.echo(f"{spec.name}{state}\n    schema {spec.value_schema}   key: {spec.key}   partitions {spec.partitions}"
+                   f"   retention {retention}\n    owner: {spec.owner}\n    {spec.description}")
+
+
+@cli.group()
+def schemas() -> None:
+    """The Avro schemas in schemas/."""
+
+
+@schemas.command("list")
+def schemas_list() -> None:
+    """Every current schema and its fingerprint."""
+    from topics.schema_store import default_store
+
+    store = default_store()
+    for name in store.names():
+        schema = store.current(name)
+        click.echo(f"{name:<32} {schema.fingerprint_hex}  {schema.path.name}")
+
+
+@schemas.command("freeze")
+def schemas_freeze() -> None:
+    """Record every current schema version in schemas/history/ (do this after changing a schema)."""
+    from schemas import SCHEMA_DIR
+    from topics.compat import freeze
+
+    written = freeze(SCHEMA_DIR)
+    for path in written:
+        click.echo(f"  recorded {path.name}")
+    if not written:
+        click.echo("  all current schemas are already recorded")
+
+
+@cli.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """The effective settings (secrets hidden) and what runs embedded."""
+    settings = _settings(ctx)
+    click.echo(settings.model_dump_json(indent=2))
+    parts = {"kafka": settings.kafka.embedded, "s3": settings.s3.embedded, "mqtt": settings.mqtt.embedded}
+    click.echo("embedded: " + ", ".join(k for k, v in parts.items() if v) + "   external: "
+               + (", ".join(k for k, v in parts.items() if not v) or "none"))
+
+
+# -- people's tools --------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("topic")
+@click.option("--data", "data", default=None, help="One JSON payload (otherwise JSON objects, one per line, on stdin).")
+@click.option("--subject", default=None, help="Event subject / Kafka key (default: the payload's key field).")
+@click.option("--principal", default=None, help="Who acts (default: user:$USER).")
+@click.option("--correlation-id", default=None, help="Join an existing chain of events.")
+@click.pass_context
+def produce(ctx: click.Context, topic: str, data: str | None, subject: str | None, principal: str | None,
+            correlation_id: str | None) -> None:
+    """Publish JSON payloads to TOPIC as validated Avro events (CloudEvents headers added)."""
+    from infra import console
+
+    spec = catalog.get(topic)
+    lines = [data] if data is not None else console.stdin_lines()
+    events = _run(console.produce(_settings(ctx), spec, console.parse_payloads(lines),
+                                  subject_field=console.default_subject_field(spec), subject=subject,
+                                  principal=principal, correlation_id=correlation_id))
+    for event in events:
+        click.echo(f"sent {event.type} id={event.id} subject={event.subject}")
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
+@click.option("--from-end", is_flag=True, help="Start at the end (only new events).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--limit", "-n", type=int, default=None, help="Stop after this many events.")
+@click.pass_context
+def tail(ctx: click.Context, topic: str, follow: bool, from_end: bool, as_json: bool, limit: int | None) -> None:
+    """Print TOPIC's events, decoded and readable (undecodable ones are shown, not skipped)."""
+    from infra import console
+
+    spec = catalog.get(topic)
+    try:
+        _run(console.tail(_settings(ctx), spec, sys.stdout, follow=follow, from_end=from_end, as_json=as_json,
+                          limit=limit))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--agent", default="echo", show_default=True, help="The agent to talk to.")
+@click.option("--session", default=None, help="Session id (default: a new one).")
+@click.option("--say", "said", multiple=True, help="Say this and exit (repeatable); otherwise interactive.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for a reply.")
+@click.pass_context
+def chat(ctx: click.Context, agent: str, session: str | None, said: tuple[str, ...], timeout: float) -> None:
+    """Talk to an agent: each line is a turn on the bus; the agent's reply comes back through the bus."""
+    from infra import console
+
+    lines = list(said) if said else None
+    try:
+        _run(console.chat(_settings(ctx), agent, session, lines, sys.stdout, prompt=console.read_prompt,
+                          timeout_s=timeout))
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    import logging
+
+    # Client libraries log every failed connection attempt while a server boots; the CLI reports outcomes itself.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "gmqtt", "botocore", "aiobotocore", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Is it up? One check per kind of service, used both for embedded components and for external services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from infra.config import Settings
+from topics.errors import StackError
+
+
+def s3_identities_json(settings: Settings) -> str:
+    """SeaweedFS S3 identity file: the configured key pair gets full rights, anonymous gets none."""
+    return json.dumps({
+        "identities": [{
+            "name": "switchboard",
+            "credentials": [{
+                "accessKey": settings.s3.access_key_id,
+                "secretKey": settings.s3.secret_access_key.get_secret_value(),
+            }],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]
+    }, indent=2)
+
+
+def amqtt_config(host: str, port: int) -> str:
+    """amqtt broker configuration: one TCP listener on `host:port`, anonymous clients allowed (loopback only)."""
+    return (
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: {host}:{port}\n"
+        "    max_connections: 10000\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+
+
+def s3_client_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "endpoint_url": settings.s3_endpoint,
+        "aws_access_key_id": settings.s3.access_key_id,
+        "aws_secret_access_key": settings.s3.secret_access_key.get_secret_value(),
+        "region_name": settings.s3.region,
+    }
+
+
+async def s3_ready(settings: Settings, *, create_buckets: bool = False) -> None:
+    """S3 answers with our credentials; optionally create the buckets (idempotent)."""
+    import aioboto3
+    from botocore.config import Config
+
+    session = aioboto3.Session()
+    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+    async with session.client("s3", config=config, **s3_client_kwargs(settings)) as s3:
+        names = {b["Name"] for b in (await s3.list_buckets()).get("Buckets", [])}
+        wanted = [settings.s3.bucket, settings.s3.broker_bucket]
+        for bucket in wanted:
+            if bucket in names:
+                continue
+            if not create_buckets:
+                raise StackError("s3", f"bucket {bucket} does not exist at {settings.s3_endpoint}; create it "
+                                       "or set SWITCHBOARD_S3__BUCKET / SWITCHBOARD_S3__BROKER_BUCKET")
+            try:
+                await s3.create_bucket(Bucket=bucket)
+            except s3.exceptions.BucketAlreadyOwnedByYou:
+                pass
+
+
+async def kafka_ready(settings: Settings) -> None:
+    """The bus answers a metadata request."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from infra.bus.clients import aiokafka_common
+
+    admin = AIOKafkaAdminClient(**{**aiokafka_common(settings), "request_timeout_ms": 5000})
+    try:
+        await admin.start()
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def mqtt_ready(settings: Settings) -> None:
+    """The MQTT broker accepts a connection (with the configured credentials)."""
+    import gmqtt
+    from gmqtt.mqtt.constants import MQTTv311
+
+    host, port = settings.mqtt_address
+    client = gmqtt.Client(f"switchboard-check-{uuid.uuid4().hex[:8]}")
+    client.set_config({"reconnect_retries": 0})
+    if settings.mqtt.username:
+        password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else None
+        client.set_auth_credentials(settings.mqtt.username, password)
+    ssl: Any = False
+    if settings.mqtt.tls:
+        import ssl as ssl_module
+
+        ssl = ssl_module.create_default_context(cafile=str(settings.mqtt.ca_file) if settings.mqtt.ca_file else None)
+    try:
+        # MQTT 3.1.1: what every broker speaks (amqtt has no MQTT 5).
+        await asyncio.wait_for(client.connect(host, port, ssl=ssl, keepalive=10, version=MQTTv311),
+                               timeout=5)
+    finally:
+        if client.is_connected:
+            await client.disconnect()
+
+
+async def file_appears(path: Path) -> None:
+    if not path.exists():
+        raise StackError(path.stem, "not ready yet")
+
+
+async def external_checks(settings: Settings) -> list[tuple[str, str, str | None]]:
+    """Check every external service; (part, address, error or None)."""
+    results: list[tuple[str, str, str | None]] = []
+    for part, external, check, address in (
+        ("kafka", not settings.kafka.embedded, lambda: kafka_ready(settings), settings.bootstrap_servers),
+        ("s3", not settings.s3.embedded, lambda: s3_ready(settings), settings.s3_endpoint),
+        ("mqtt", not settings.mqtt.embedded, lambda: mqtt_ready(settings), "%s:%d" % settings.mqtt_address),
+    ):
+        if not external:
+            continue
+        try:
+            await asyncio.wait_for(check(), timeout=15)
+            results.append((part, address, None))
+        except Exception as exc:
+            results.append((part, address, f"{type(exc).__name__}: {exc}"))
+    return results

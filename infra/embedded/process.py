@@ -1,0 +1,130 @@
+"""Child processes of the embedded stack: started detached with their output in a log file, recorded by PID (with
+the process's start time, so a recycled PID is never mistaken for ours) and stopped by process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What `switchboard down` and `status` need to find a component again, from another process."""
+
+    name: str
+    pid: int
+    started: float  # psutil create_time: identifies the process beyond its PID
+    command: list[str]
+    log: str
+    ports: list[int]
+
+    def save(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".{self.name}.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(run_dir / f"{self.name}.json")
+
+    @classmethod
+    def load(cls, path: Path) -> ProcessRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None if it exited (or the PID now belongs to someone else)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.started) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path,
+          ports: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
+    """Start `command` in its own session (so it outlives the CLI and can be signalled as a group)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=dict(env), cwd=cwd, start_new_session=True,
+        )
+    started = psutil.Process(proc.pid).create_time()
+    record = ProcessRecord(name=name, pid=proc.pid, started=started, command=list(command), log=str(log),
+                           ports=list(ports))
+    return proc, record
+
+
+def stop(record: ProcessRecord, timeout_s: float) -> str:
+    """SIGTERM the component's process group, SIGKILL what is left after `timeout_s`. Reaps it if it is our child.
+
+    Returns how it ended: "stopped", "killed" or "not running".
+    """
+    proc = record.process()
+    if proc is None:
+        return "not running"
+    group = [proc, *proc.children(recursive=True)]
+    try:
+        os.killpg(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "not running"
+    except PermissionError:
+        proc.terminate()
+    _, alive = psutil.wait_procs(group, timeout=timeout_s)
+    if not alive:
+        return "stopped"
+    for leftover in alive:
+        try:
+            leftover.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return "killed"
+
+
+def tail(path: Path | str, lines: int = 15) -> str:
+    """The last lines of a log, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def port_owner(port: int) -> str | None:
+    """Who listens on 127.0.0.1:`port` (name and pid), if anyone; None when the port is free."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return None
+        except OSError:
+            pass
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+    except psutil.Error:
+        pass
+    return "another process"

@@ -1,0 +1,221 @@
+"""`switchboard up / down / status`: the embedded stack on one machine, or only workers against real services."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.config import Settings
+from infra.embedded import checks
+from infra.embedded.components import Component, plan, run_dir, wait_ready
+from infra.embedded.process import ProcessRecord, port_owner, spawn, stop, tail
+from topics import catalog
+from topics.errors import StackError
+
+Progress = Callable[[str], None]
+_PORT_SETTING = {
+    "seaweedfs": "SWITCHBOARD_EMBEDDED__S3_PORT / __WEED_MASTER_PORT / __WEED_VOLUME_PORT / __WEED_FILER_PORT",
+    "tansu": "SWITCHBOARD_EMBEDDED__KAFKA_PORT",
+    "mqtt": "SWITCHBOARD_EMBEDDED__MQTT_PORT",
+}
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool | None
+    endpoint: str
+    log: str
+    detail: str = ""
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+class EmbeddedStack:
+    """Starts, stops and inspects the processes `switchboard up` owns under `settings.data_dir`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.run_dir = run_dir(settings)
+
+    # -- records -------------------------------------------------------------------------------------------------
+    def records(self) -> list[ProcessRecord]:
+        """Recorded components, in start order."""
+        found = [ProcessRecord.load(p) for p in self.run_dir.glob("*.json")]
+        return sorted((r for r in found if r is not None), key=lambda r: r.started)
+
+    def _forget(self, name: str) -> None:
+        (self.run_dir / f"{name}.json").unlink(missing_ok=True)
+        (self.run_dir / f"{name}.ready").unlink(missing_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "stack.lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StackError("switchboard", f"another `switchboard up/down` is running on {self.settings.data_dir}")
+            yield
+
+    # -- up ------------------------------------------------------------------------------------------------------
+    def _check_data_dir(self) -> None:
+        data = self.settings.data_dir
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            probe = data / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StackError("switchboard", f"data directory {data} is not writable ({exc.strerror}); "
+                                            "choose another with SWITCHBOARD_DATA_DIR") from None
+
+    def _check_ports(self, component: Component) -> None:
+        for port in component.ports:
+            owner = port_owner(port)
+            if owner is not None:
+                setting = _PORT_SETTING.get(component.name, "the SWITCHBOARD_EMBEDDED__*_PORT settings")
+                raise StackError(component.name, f"port {port} is already in use by {owner}; stop it, or move "
+                                                 f"Switchboard with {setting}", port=port, log=str(component.log))
+
+    async def up(self, progress: Progress = _noop) -> list[ComponentStatus]:
+        """Start whatever is not running yet; wait for each to answer. On failure, stop what this call started."""
+        self._check_data_dir()
+        with self._locked():
+            for part, address, error in await checks.external_checks(self.settings):
+                if error is not None:
+                    raise StackError(part, f"the configured external {part} at {address} does not answer: {error}")
+                progress(f"external {part} at {address}: ok")
+            running = {r.name: r for r in self.records() if r.alive}
+            started: list[ProcessRecord] = []
+            try:
+                components = plan(self.settings)
+                topics_ready = False
+                for component in components:
+                    if component.name.startswith("worker-") and not topics_ready:
+                        await self._create_topics(progress)
+                        topics_ready = True
+                    if component.name in running:
+                        progress(f"{component.name}: already running (pid {running[component.name].pid})")
+                        continue
+                    self._forget(component.name)
+                    started.append(await self._start(component, progress))
+                if not topics_ready:
+                    await self._create_topics(progress)
+            except BaseException:
+                for record in reversed(started):
+                    stop(record, self.settings.embedded.stop_timeout_s)
+                    self._forget(record.name)
+                raise
+        return await self.status()
+
+    async def _start(self, component: Component, progress: Progress) -> ProcessRecord:
+        self._check_ports(component)
+        progress(f"{component.name}: starting")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            proc, record = spawn(component.name, component.command, env=component.env, log=component.log,
+                                 cwd=component.cwd, ports=component.ports)
+        except OSError as exc:
+            raise StackError(component.name, f"cannot run {component.command[0]}: {exc.strerror}",
+                             log=str(component.log)) from None
+        record.save(self.run_dir)
+        try:
+            await wait_ready(component, lambda: proc.poll() is None, self.settings.embedded.start_timeout_s)
+        except StackError as exc:
+            stop(record, self.settings.embedded.stop_timeout_s)
+            self._forget(record.name)
+            port = component.ports[0] if component.ports else None
+            raise StackError(component.name, f"{exc.reason}\n  last log lines:\n{tail(component.log)}",
+                             port=port, log=str(component.log)) from None
+        progress(f"{component.name}: ready in {loop.time() - t0:.1f}s - {component.endpoint} (pid {record.pid})")
+        return record
+
+    async def _create_topics(self, progress: Progress) -> None:
+        from infra.bus.admin import ensure_topics
+
+        outcomes = await ensure_topics(self.settings, catalog.ALL)
+        created = [o.spec.name for o in outcomes if o.created]
+        progress(f"topics: {len(outcomes)} declared, created {', '.join(created) if created else 'none'}")
+
+    # -- down ----------------------------------------------------------------------------------------------------
+    def down(self, progress: Progress = _noop) -> list[tuple[str, str]]:
+        """Stop every recorded component, newest first (workers before the brokers they use)."""
+        outcomes = []
+        with self._locked():
+            for record in reversed(self.records()):
+                outcome = stop(record, self.settings.embedded.stop_timeout_s)
+                self._forget(record.name)
+                progress(f"{record.name}: {outcome}")
+                outcomes.append((record.name, outcome))
+        return outcomes
+
+    # -- status --------------------------------------------------------------------------------------------------
+    async def status(self) -> list[ComponentStatus]:
+        """Every planned component: running (by PID) and healthy (it answers its readiness check)."""
+        records = {r.name: r for r in self.records()}
+        statuses = []
+        for component in plan_names(self.settings):
+            name, endpoint, log = component
+            record = records.get(name)
+            running = record is not None and record.alive
+            healthy: bool | None = None
+            detail = ""
+            if running:
+                try:
+                    await asyncio.wait_for(_health(self.settings, name), timeout=10)
+                    healthy = True
+                except Exception as exc:
+                    healthy, detail = False, f"{type(exc).__name__}: {exc}"
+            statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
+                                            endpoint, log, detail))
+        return statuses
+
+
+def plan_names(settings: Settings) -> list[tuple[str, str, str]]:
+    """(name, endpoint, log) of the planned components, without side effects."""
+    logs = settings.data_dir / "logs"
+    names: list[tuple[str, str, str]] = []
+    if settings.s3.embedded:
+        names.append(("seaweedfs", f"S3 {settings.s3_endpoint}", str(logs / "seaweedfs.log")))
+    if settings.kafka.embedded:
+        names.append(("tansu", f"Kafka {settings.bootstrap_servers}", str(logs / "tansu.log")))
+    if settings.mqtt.embedded:
+        host, port = settings.mqtt_address
+        names.append(("mqtt", f"MQTT mqtt://{host}:{port}", str(logs / "mqtt.log")))
+    for i in range(settings.workers.count):
+        names.append((f"worker-{i}", f"Faust worker (app {settings.workers.app_id})", str(logs / f"worker-{i}.log")))
+    return names
+
+
+async def _health(settings: Settings, name: str) -> None:
+    if name == "seaweedfs":
+        await checks.s3_ready(settings)
+    elif name == "tansu":
+        await checks.kafka_ready(settings)
+    elif name == "mqtt":
+        await checks.mqtt_ready(settings)
+    else:  # a worker: alive and it has joined its group at least once
+        ready = Path(settings.data_dir / "run" / f"{name}.ready")
+        if not ready.exists():
+            raise StackError(name, "has not joined its consumer group yet")
+        if int(ready.read_text() or 0) != _pid_of(settings, name):
+            raise StackError(name, "readiness file is stale")
+
+
+def _pid_of(settings: Settings, name: str) -> int | None:
+    record = ProcessRecord.load(settings.data_dir / "run" / f"{name}.json")
+    return record.pid if record else None
+
+
+__all__ = ["ComponentStatus", "EmbeddedStack"]
