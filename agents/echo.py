@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from topics.processor import Emit
 from topics import catalog
 from topics.event import Event
+from topics.processor import Emit
 
 NAME = "echo"
 SOURCE = f"/switchboard/agents/{NAME}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Coroutine
@@ -23,11 +24,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings = ctx.obj.get("settings")
-    if settings is None:
-        settings = load_settings(ctx.obj.get("config"), **ctx.obj.get("overrides", {}))
-        ctx.obj["settings"] = settings
-    return settings
+    cached: Settings | None = ctx.obj.get("settings")
+    if cached is None:
+        cached = load_settings(ctx.obj.get("config"), **ctx.obj.get("overrides", {}))
+        ctx.obj["settings"] = cached
+    return cached
 
 
 class _Group(click.Group):
@@ -160,9 +161,11 @@ def topics_list(ctx: click.Context, offline: bool) -> None:
     for spec in catalog.ALL:
         retention = "compacted" if spec.cleanup.value == "compact" else (
             f"{spec.retention_ms // 86_400_000}d" if spec.retention_ms else "forever")
-        state = "" if offline else ("  [on bus]" if spec.name in existing else "  [missing: switchboard topics create]")
-        click.echo(f"{spec.name}{state}\n    schema {spec.value_schema}   key: {spec.key}   partitions {spec.partitions}"
-                   f"   retention {retention}\n    owner: {spec.owner}\n    {spec.description}")
+        missing = "  [missing: switchboard topics create]"
+        state = "" if offline else ("  [on bus]" if spec.name in existing else missing)
+        click.echo(f"{spec.name}{state}\n    schema {spec.value_schema}   key: {spec.key}   "
+                   f"partitions {spec.partitions}   retention {retention}\n"
+                   f"    owner: {spec.owner}\n    {spec.description}")
 
 
 @cli.group()
@@ -184,8 +187,9 @@ def schemas_list() -> None:
 @schemas.command("freeze")
 def schemas_freeze() -> None:
     """Record every current schema version in schemas/history/ (do this after changing a schema)."""
-    from schemas import SCHEMA_DIR
     from topics.compat import freeze
+
+    from schemas import SCHEMA_DIR
 
     written = freeze(SCHEMA_DIR)
     for path in written:
@@ -239,11 +243,9 @@ def tail(ctx: click.Context, topic: str, follow: bool, from_end: bool, as_json: 
     from infra import console
 
     spec = catalog.get(topic)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(console.tail(_settings(ctx), spec, sys.stdout, follow=follow, from_end=from_end, as_json=as_json,
                           limit=limit))
-    except KeyboardInterrupt:
-        pass
 
 
 @cli.command()
@@ -257,11 +259,9 @@ def chat(ctx: click.Context, agent: str, session: str | None, said: tuple[str, .
     from infra import console
 
     lines = list(said) if said else None
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(console.chat(_settings(ctx), agent, session, lines, sys.stdout, prompt=console.read_prompt,
                           timeout_s=timeout))
-    except KeyboardInterrupt:
-        pass
 
 
 def main() -> None:

@@ -152,12 +152,13 @@ class EmbeddedSettings(_Section):
         ports = [self.kafka_port, self.s3_port, self.weed_master_port, self.weed_volume_port,
                  self.weed_filer_port, self.mqtt_port]
         # weed also listens on each of its ports + 10000 for gRPC.
-        grpc = [p + 10000 for p in (self.weed_master_port, self.weed_volume_port, self.weed_filer_port)]
+        grpc = [p + 10000 for p in (self.weed_master_port, self.weed_volume_port, self.weed_filer_port,
+                                    self.s3_port)]
         every = ports + grpc
         if len(set(every)) != len(every):
             raise ValueError(f"embedded ports must all differ (weed uses port+10000 for gRPC): {every}")
         if any(p > 65535 for p in grpc):
-            raise ValueError("weed master/volume/filer ports must be <= 55535 (their gRPC port is port+10000)")
+            raise ValueError("weed master/volume/filer/s3 ports must be <= 55535 (their gRPC port is port+10000)")
         return self
 
 

@@ -14,7 +14,7 @@ from streams.shell import StreamShell
 from topics.processor import Processor
 
 
-class SwitchboardApp(faust.App):  # type: ignore[misc]
+class SwitchboardApp(faust.App):
     """A Faust app that also carries the consumer fetch wait (read by `streams.transport`)."""
 
     fetch_max_wait_ms: int = 500
@@ -36,7 +36,8 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
     return settings.data_dir / "workers" / worker_id
 
 
-def create_app(settings: Settings, processors: list[Processor] | None = None, *, worker_id: str = "0") -> SwitchboardApp:
+def create_app(settings: Settings, processors: list[Processor] | None = None, *,
+               worker_id: str = "0") -> SwitchboardApp:
     """A worker app running `processors` (default: the built-in agents) under the stream shell."""
     kafka = settings.kafka
     datadir = worker_data_dir(settings, worker_id)

@@ -27,8 +27,8 @@ def main() -> None:
         path = Path(ready_file)
         path.unlink(missing_ok=True)
 
-        @app.on_rebalance_complete.connect  # type: ignore[untyped-decorator]
-        async def _ready(sender: Any, **_: Any) -> None:
+        @app.on_rebalance_complete.connect
+        def _ready(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
             path.write_text(str(os.getpid()))
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.workers.log_level, "--without-web"]

@@ -6,6 +6,7 @@ needs every version ever written: the current files plus `schemas/history/`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Schema:
 
     @property
     def canonical(self) -> str:
-        return str(to_parsing_canonical_form(self.definition))
+        return str(to_parsing_canonical_form(dict(self.definition)))
 
 
 def load_schema_file(path: Path) -> Schema:
@@ -69,7 +70,7 @@ def load_schema_file(path: Path) -> Schema:
     if not isinstance(definition, dict) or definition.get("type") != "record":
         raise SchemaError(f"{path}: a Switchboard schema must be a single Avro record")
     try:
-        parsed = fastavro.parse_schema(definition, _write_hint=False)
+        parsed: Any = fastavro.parse_schema(definition, _write_hint=False)
     except Exception as exc:
         raise SchemaError(f"{path}: invalid Avro schema: {exc}") from exc
     name = str(parsed["name"])
@@ -128,12 +129,7 @@ class SchemaStore:
         return list(self._by_fp.values())
 
 
-_default: SchemaStore | None = None
-
-
+@functools.cache
 def default_store() -> SchemaStore:
     """The store of the `schemas/` package, loaded once per process."""
-    global _default
-    if _default is None:
-        _default = SchemaStore.from_directory()
-    return _default
+    return SchemaStore.from_directory()

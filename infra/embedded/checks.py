@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +67,8 @@ async def s3_ready(settings: Settings, *, create_buckets: bool = False) -> None:
             if not create_buckets:
                 raise StackError("s3", f"bucket {bucket} does not exist at {settings.s3_endpoint}; create it "
                                        "or set SWITCHBOARD_S3__BUCKET / SWITCHBOARD_S3__BROKER_BUCKET")
-            try:
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
                 await s3.create_bucket(Bucket=bucket)
-            except s3.exceptions.BucketAlreadyOwnedByYou:
-                pass
 
 
 async def kafka_ready(settings: Settings) -> None:
@@ -118,15 +118,17 @@ async def file_appears(path: Path) -> None:
 async def external_checks(settings: Settings) -> list[tuple[str, str, str | None]]:
     """Check every external service; (part, address, error or None)."""
     results: list[tuple[str, str, str | None]] = []
-    for part, external, check, address in (
-        ("kafka", not settings.kafka.embedded, lambda: kafka_ready(settings), settings.bootstrap_servers),
-        ("s3", not settings.s3.embedded, lambda: s3_ready(settings), settings.s3_endpoint),
-        ("mqtt", not settings.mqtt.embedded, lambda: mqtt_ready(settings), "%s:%d" % settings.mqtt_address),
-    ):
+    host, port = settings.mqtt_address
+    parts: list[tuple[str, bool, Callable[[Settings], Awaitable[None]], str]] = [
+        ("kafka", not settings.kafka.embedded, kafka_ready, settings.bootstrap_servers),
+        ("s3", not settings.s3.embedded, s3_ready, settings.s3_endpoint),
+        ("mqtt", not settings.mqtt.embedded, mqtt_ready, f"{host}:{port}"),
+    ]
+    for part, external, check, address in parts:
         if not external:
             continue
         try:
-            await asyncio.wait_for(check(), timeout=15)
+            await asyncio.wait_for(check(settings), timeout=15)
             results.append((part, address, None))
         except Exception as exc:
             results.append((part, address, f"{type(exc).__name__}: {exc}"))

@@ -89,10 +89,15 @@ def seaweedfs(settings: Settings) -> Component:
         f"-master.port={emb.weed_master_port}", f"-volume.port={emb.weed_volume_port}",
         "-filer", f"-filer.port={emb.weed_filer_port}",
         "-s3", f"-s3.port={emb.s3_port}", f"-s3.config={s3_config}",
+        # No extra listeners on fixed ports (the Iceberg catalog would take 8181 and collide between stacks).
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=64", "-volume.max=0",
+        "-master.telemetry=false",
+        "-volume.preStopSeconds=1",  # default 10 s: `down` would wait for it
     ]
     ports = [emb.weed_master_port, emb.weed_volume_port, emb.weed_filer_port, emb.s3_port,
-             emb.weed_master_port + 10000, emb.weed_volume_port + 10000, emb.weed_filer_port + 10000]
+             emb.weed_master_port + 10000, emb.weed_volume_port + 10000, emb.weed_filer_port + 10000,
+             emb.s3_port + 10000]
     return Component(
         name="seaweedfs", command=command, env=dict(os.environ), ports=ports,
         ready=lambda: checks.s3_ready(settings, create_buckets=True),

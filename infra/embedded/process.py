@@ -3,6 +3,7 @@ the process's start time, so a recycled PID is never mistaken for ours) and stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,10 +91,8 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
     if not alive:
         return "stopped"
     for leftover in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             leftover.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
     return "killed"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,7 +63,8 @@ class EmbeddedStack:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StackError("switchboard", f"another `switchboard up/down` is running on {self.settings.data_dir}")
+                raise StackError("switchboard",
+                                 f"another `switchboard up/down` is running on {self.settings.data_dir}") from None
             yield
 
     # -- up ------------------------------------------------------------------------------------------------------
@@ -97,8 +97,11 @@ class EmbeddedStack:
                 progress(f"external {part} at {address}: ok")
             running = {r.name: r for r in self.records() if r.alive}
             started: list[ProcessRecord] = []
+            components = plan(self.settings)
+            for component in components:  # fail before starting anything
+                if component.name not in running:
+                    self._check_ports(component)
             try:
-                components = plan(self.settings)
                 topics_ready = False
                 for component in components:
                     if component.name.startswith("worker-") and not topics_ready:

@@ -1,0 +1,101 @@
+"""Test helpers for Switchboard users and for our own suite: an isolated embedded stack on free ports, and ways to
+await events on the bus instead of sleeping.
+
+    async with running_stack(tmp_path) as settings:
+        async with ChatSession(settings, "echo", "s1") as chat:
+            turn, replies = await chat.say("hello")
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
+from typing import Any
+
+from infra.bus.reading import read_topic
+from infra.config import Settings, load_settings
+from infra.embedded import EmbeddedStack
+from topics.binding import decode_event
+from topics.codec import AvroCodec
+from topics.errors import DecodeError
+from topics.event import Event
+from topics.spec import TopicSpec
+
+
+def _free(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_block(count: int, *, grpc_offset: int = 10000, low: int = 20000, high: int = 45000) -> list[int]:
+    """`count` consecutive free ports whose +10000 neighbours (weed's gRPC ports) are free too."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(low, high - count)
+        ports = list(range(base, base + count))
+        if all(_free(p) and _free(p + grpc_offset) for p in ports):
+            return ports
+    raise RuntimeError("no block of free ports found on 127.0.0.1")
+
+
+def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an isolated embedded stack under `data_dir`, on free ports."""
+    kafka, s3, master, volume, filer, mqtt = free_port_block(6)
+    embedded = {"kafka_port": kafka, "s3_port": s3, "weed_master_port": master, "weed_volume_port": volume,
+                "weed_filer_port": filer, "mqtt_port": mqtt, **overrides.pop("embedded", {})}
+    return load_settings(data_dir=data_dir, embedded=embedded, **overrides)
+
+
+@asynccontextmanager
+async def running_stack(data_dir: Path | None = None, settings: Settings | None = None) -> AsyncIterator[Settings]:
+    """Start an embedded stack, yield its settings, and stop it (every process) afterwards."""
+    if settings is None:
+        if data_dir is None:
+            raise ValueError("give data_dir or settings")
+        settings = embedded_settings(data_dir)
+    stack = EmbeddedStack(settings)
+    try:
+        await stack.up()
+        yield settings
+    finally:
+        stack.down()
+
+
+async def wait_for_event(settings: Settings, topic: TopicSpec, predicate: Callable[[Event], bool],
+                         timeout_s: float = 30.0) -> Event:
+    """The first event on `topic` (from the beginning) that satisfies `predicate`, awaited as it arrives."""
+    found = await collect_events(settings, topic, predicate, count=1, timeout_s=timeout_s)
+    return found[0]
+
+
+async def collect_events(settings: Settings, topic: TopicSpec, predicate: Callable[[Event], bool], *,
+                         count: int, timeout_s: float = 30.0) -> list[Event]:
+    """Read `topic` from the beginning until `count` matching events arrived; TimeoutError otherwise."""
+    import asyncio
+
+    codec = AvroCodec()
+    found: list[Event] = []
+
+    async def scan() -> None:
+        async for record in read_topic(settings, topic.name, follow=True):
+            try:
+                event = decode_event(record.value, record.headers, codec)
+            except DecodeError:
+                continue
+            if predicate(event):
+                found.append(event)
+                if len(found) >= count:
+                    return
+
+    try:
+        await asyncio.wait_for(scan(), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"{len(found)} of {count} expected events on {topic.name} within {timeout_s}s") from None
+    return found
