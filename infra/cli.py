@@ -112,6 +112,17 @@ def down(ctx: click.Context) -> None:
         click.echo(f"nothing was running (data: {settings.data_dir})")
 
 
+async def _worker_lag(settings: Settings) -> list[Any] | None:
+    from infra.bus.lag import group_lag
+    from streams.app import default_processors
+
+    inputs = sorted({processor.source.name for processor in default_processors()})
+    try:
+        return await group_lag(settings, settings.workers.app_id, inputs)
+    except Exception:  # lag is informative; status must still answer when the bus does not
+        return None
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -121,11 +132,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     settings = _settings(ctx)
     statuses = _run(EmbeddedStack(settings).status())
+    lags = _run(_worker_lag(settings)) if any(s.name == "tansu" and s.healthy for s in statuses) or (
+        not settings.kafka.embedded) else None
     if as_json:
-        click.echo(json.dumps([s.__dict__ for s in statuses], indent=2))
+        click.echo(json.dumps({"components": [s.__dict__ for s in statuses],
+                               "lag": [dict(lag.__dict__, lag=lag.lag) for lag in lags or []]}, indent=2))
     else:
         click.echo(f"Switchboard (data: {settings.data_dir})")
         _print_status(statuses)
+        if lags is not None:
+            total = sum(lag.lag for lag in lags)
+            click.echo(f"Worker lag (group {settings.workers.app_id}): {total} event(s) not yet processed")
+            for lag in lags:
+                if lag.lag:
+                    click.echo(f"  {lag.topic}/{lag.partition}: committed {lag.committed}, end {lag.end}, "
+                               f"lag {lag.lag}")
     if not all(s.running and s.healthy for s in statuses):
         sys.exit(3)
 

@@ -36,6 +36,13 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
     return settings.data_dir / "workers" / worker_id
 
 
+def default_processors() -> list[Processor]:
+    """The processors a Switchboard worker runs."""
+    from agents.echo import EchoAgent
+
+    return [EchoAgent()]
+
+
 def create_app(settings: Settings, processors: list[Processor] | None = None, *,
                worker_id: str = "0") -> SwitchboardApp:
     """A worker app running `processors` (default: the built-in agents) under the stream shell."""
@@ -64,9 +71,5 @@ def create_app(settings: Settings, processors: list[Processor] | None = None, *,
         broker_commit_interval=1.0,
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
-    if processors is None:
-        from agents.echo import EchoAgent
-
-        processors = [EchoAgent()]
-    StreamShell(app).register_all(processors)
+    StreamShell(app).register_all(default_processors() if processors is None else processors)
     return app

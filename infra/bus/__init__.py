@@ -1,11 +1,13 @@
 """Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end."""
 
 from infra.bus.admin import TopicOutcome, ensure_topics, existing_topics
+from infra.bus.lag import PartitionLag, group_lag
 from infra.bus.clients import aiokafka_common, confluent_config, consumer, producer
 from infra.bus.reading import PartitionEnd, find_ends, read_topic, topic_ends
 
 __all__ = [
     "PartitionEnd",
+    "PartitionLag",
     "TopicOutcome",
     "aiokafka_common",
     "confluent_config",
@@ -13,6 +15,7 @@ __all__ = [
     "ensure_topics",
     "existing_topics",
     "find_ends",
+    "group_lag",
     "producer",
     "read_topic",
     "topic_ends",

@@ -59,9 +59,13 @@ def test_topics_and_status(cli_env: dict[str, str]) -> None:
     assert all(line.strip().startswith("exists") for line in created.stdout.splitlines())
     status = run(["status", "--json"], cli_env)
     assert status.returncode == 0, status.stdout + status.stderr
-    parts = {s["name"]: s for s in json.loads(status.stdout)}
+    report = json.loads(status.stdout)
+    parts = {s["name"]: s for s in report["components"]}
     assert set(parts) == {"seaweedfs", "tansu", "mqtt", "worker-0"}
     assert all(s["running"] and s["healthy"] for s in parts.values())
+    lag = {(p["topic"], p["partition"]): p for p in report["lag"]}
+    assert set(lag) == {("dialogue.turns", p) for p in range(4)}
+    assert all(p["lag"] >= 0 and p["end"] >= (p["committed"] or 0) for p in lag.values())
 
 
 def test_up_fails_clearly_when_a_port_is_taken(tmp_path: Path) -> None:
