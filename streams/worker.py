@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from infra.config import load_settings
 from streams.app import create_app
@@ -27,9 +27,11 @@ def main() -> None:
         path = Path(ready_file)
         path.unlink(missing_ok=True)
 
-        @app.on_rebalance_complete.connect
         def _ready(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
             path.write_text(str(os.getpid()))
+
+        # mode's receiver type is narrower than the calls it makes (sender, *args, signal=..., **kwargs).
+        cast(Any, app.on_rebalance_complete).connect(_ready)
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.workers.log_level, "--without-web"]
     app.main()

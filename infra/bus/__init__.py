@@ -1,8 +1,8 @@
 """Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end."""
 
 from infra.bus.admin import TopicOutcome, ensure_topics, existing_topics
-from infra.bus.lag import PartitionLag, group_lag
 from infra.bus.clients import aiokafka_common, confluent_config, consumer, producer
+from infra.bus.lag import PartitionLag, group_lag
 from infra.bus.reading import PartitionEnd, find_ends, read_topic, topic_ends
 
 __all__ = [
