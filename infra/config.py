@@ -143,22 +143,23 @@ class EmbeddedSettings(_Section):
     weed_master_port: int = Field(19333, ge=1024, le=65535)
     weed_volume_port: int = Field(18080, ge=1024, le=65535)
     weed_filer_port: int = Field(18888, ge=1024, le=65535)
+    weed_admin_port: int = Field(13646, ge=1024, le=65535)
     mqtt_port: int = Field(11883, ge=1024, le=65535)
     start_timeout_s: float = Field(60.0, gt=0)
     stop_timeout_s: float = Field(15.0, gt=0)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> EmbeddedSettings:
-        ports = [self.kafka_port, self.s3_port, self.weed_master_port, self.weed_volume_port,
-                 self.weed_filer_port, self.mqtt_port]
-        # weed also listens on each of its ports + 10000 for gRPC.
-        grpc = [p + 10000 for p in (self.weed_master_port, self.weed_volume_port, self.weed_filer_port,
-                                    self.s3_port)]
+        weed = [self.weed_master_port, self.weed_volume_port, self.weed_filer_port, self.s3_port,
+                self.weed_admin_port]
+        ports = [self.kafka_port, self.mqtt_port, *weed]
+        # Each weed server also listens on its port + 10000 for gRPC.
+        grpc = [p + 10000 for p in weed]
         every = ports + grpc
         if len(set(every)) != len(every):
             raise ValueError(f"embedded ports must all differ (weed uses port+10000 for gRPC): {every}")
         if any(p > 65535 for p in grpc):
-            raise ValueError("weed master/volume/filer/s3 ports must be <= 55535 (their gRPC port is port+10000)")
+            raise ValueError("weed master/volume/filer/s3/admin ports must be <= 55535 (their gRPC port is port+10000)")
         return self
 
 

@@ -61,12 +61,23 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
                 continue
             new = NewTopic(spec.name, spec.partitions, settings.kafka.replication_factor, topic_configs=spec.config())
             try:
-                await admin.create_topics([new])
-                outcomes.append(TopicOutcome(spec, created=True, partitions=spec.partitions))
+                response = await admin.create_topics([new])
             except TopicAlreadyExistsError:  # created concurrently by another process: fine
                 outcomes.append(TopicOutcome(spec, created=False, partitions=None))
+                continue
             except KafkaError as exc:
                 raise BusError(f"could not create topic {spec.name}: {exc}") from None
+            # aiokafka reports per-topic failures in the response instead of raising.
+            for _name, code, *rest in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    outcomes.append(TopicOutcome(spec, created=False, partitions=None))
+                    break
+                if code != 0:
+                    message = rest[0] if rest and rest[0] else f"error code {code}"
+                    raise BusError(f"the bus refused to create topic {spec.name}: {message} (check the broker's "
+                                   "log; on the embedded stack, that its S3 bucket exists)")
+            else:
+                outcomes.append(TopicOutcome(spec, created=True, partitions=spec.partitions))
         return outcomes
     finally:
         await admin.close()

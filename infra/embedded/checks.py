@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,20 +11,6 @@ from typing import Any
 
 from infra.config import Settings
 from topics.errors import StackError
-
-
-def s3_identities_json(settings: Settings) -> str:
-    """SeaweedFS S3 identity file: the configured key pair gets full rights, anonymous gets none."""
-    return json.dumps({
-        "identities": [{
-            "name": "switchboard",
-            "credentials": [{
-                "accessKey": settings.s3.access_key_id,
-                "secretKey": settings.s3.secret_access_key.get_secret_value(),
-            }],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]
-    }, indent=2)
 
 
 def amqtt_config(host: str, port: int) -> str:

@@ -26,6 +26,7 @@ class ProcessRecord:
     command: list[str]
     log: str
     ports: list[int]
+    stop_signal: int = signal.SIGTERM
 
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,8 @@ class ProcessRecord:
 
 
 def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path,
-          ports: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
+          ports: Sequence[int] = (),
+          stop_signal: int = signal.SIGTERM) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
     """Start `command` in its own session (so it outlives the CLI and can be signalled as a group)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -68,12 +70,14 @@ def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Pat
         )
     started = psutil.Process(proc.pid).create_time()
     record = ProcessRecord(name=name, pid=proc.pid, started=started, command=list(command), log=str(log),
-                           ports=list(ports))
+                           ports=list(ports), stop_signal=int(stop_signal))
     return proc, record
 
 
 def stop(record: ProcessRecord, timeout_s: float) -> str:
-    """SIGTERM the component's process group, SIGKILL what is left after `timeout_s`. Reaps it if it is our child.
+    """Send the component's stop signal to its process group, SIGKILL what is left after `timeout_s`.
+
+    Reaps it if it is our child.
 
     Returns how it ended: "stopped", "killed" or "not running".
     """
@@ -82,7 +86,7 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
         return "not running"
     group = [proc, *proc.children(recursive=True)]
     try:
-        os.killpg(record.pid, signal.SIGTERM)
+        os.killpg(record.pid, record.stop_signal)
     except ProcessLookupError:
         return "not running"
     except PermissionError:

@@ -18,7 +18,7 @@ from topics.errors import StackError
 
 Progress = Callable[[str], None]
 _PORT_SETTING = {
-    "seaweedfs": "SWITCHBOARD_EMBEDDED__S3_PORT / __WEED_MASTER_PORT / __WEED_VOLUME_PORT / __WEED_FILER_PORT",
+    "seaweedfs": "SWITCHBOARD_EMBEDDED__S3_PORT / __WEED_{MASTER,VOLUME,FILER,ADMIN}_PORT (gRPC: each + 10000)",
     "tansu": "SWITCHBOARD_EMBEDDED__KAFKA_PORT",
     "mqtt": "SWITCHBOARD_EMBEDDED__MQTT_PORT",
 }
@@ -128,7 +128,7 @@ class EmbeddedStack:
         t0 = loop.time()
         try:
             proc, record = spawn(component.name, component.command, env=component.env, log=component.log,
-                                 cwd=component.cwd, ports=component.ports)
+                                 cwd=component.cwd, ports=component.ports, stop_signal=component.stop_signal)
         except OSError as exc:
             raise StackError(component.name, f"cannot run {component.command[0]}: {exc.strerror}",
                              log=str(component.log)) from None

