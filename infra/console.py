@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from infra.bus.clients import consumer as make_consumer
 from infra.bus.clients import producer as make_producer
-from infra.bus.reading import read_topic
+from infra.bus.reading import find_ends, read_topic
 from infra.config import Settings
 from topics import catalog
 from topics.binding import decode_event, encode_event
@@ -156,12 +156,12 @@ class ChatSession:
         await self._consumer.topics()
         partitions = self._consumer.partitions_for_topic(catalog.DIALOGUE_REPLIES.name) or set()
         tps = [TopicPartition(catalog.DIALOGUE_REPLIES.name, p) for p in sorted(partitions)]
+        # Start at the true end (the broker's reported one can lag far behind on Tansu); replies are matched by
+        # causation id anyway, so starting early would only cost reading.
+        ends = await find_ends(self._consumer, tps, self.settings)
         self._consumer.assign(tps)
-        # The broker's reported end may be *before* the true end (Tansu); starting early is harmless here: replies
-        # are matched by causation id, older ones are skipped.
-        ends = await self._consumer.end_offsets(tps)
         for tp in tps:
-            self._consumer.seek(tp, ends[tp])
+            self._consumer.seek(tp, ends[tp].end)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,6 +4,10 @@ Tansu 0.6.0 reports the log-end offset as the *base offset of the last record ba
 it is too low (a 10-record batch at 1..10 reports 2). So no code here trusts `end_offsets()` alone: the true end is
 the last fetched offset + 1 after reading the final batch, found by fetching from the reported end until the broker
 has nothing more. On a correct broker this costs one empty fetch.
+
+On S3 storage Tansu's reported end can lag far behind (it stayed at 1 while a partition grew to 10), which would
+mean reading the whole partition. The fetch response's high watermark was right there, so after the first fetch we
+jump to it — and still confirm the end by reading until the broker has nothing more.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class PartitionEnd:
     @property
     def broker_was_wrong(self) -> bool:
         return self.end != self.reported
+
+
+_JUMP_MIN = 500  # records; below this, reading on is cheaper than a seek and a new fetch
 
 
 def _quiet_ms(settings: Settings) -> int:
@@ -66,6 +73,9 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
         for tp, records in batch.items():
             if records:
                 last[tp] = max(last.get(tp, -1), records[-1].offset)
+                highwater = consumer.highwater(tp)
+                if highwater is not None and highwater - 1 > last[tp] + _JUMP_MIN:
+                    consumer.seek(tp, highwater - 1)  # skip ahead; the loop still reads to the real end
         if not batch:
             # Nothing more on any pending partition that has delivered its final batch.
             pending = [tp for tp in pending if tp not in last]

@@ -69,7 +69,7 @@ def test_topics_and_status(cli_env: dict[str, str]) -> None:
 
 
 def test_up_fails_clearly_when_a_port_is_taken(tmp_path: Path) -> None:
-    ports = free_port_block(6)
+    ports = free_port_block(7)
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", ports[0]))
         blocker.listen()
@@ -82,6 +82,7 @@ def test_up_fails_clearly_when_a_port_is_taken(tmp_path: Path) -> None:
             "SWITCHBOARD_EMBEDDED__WEED_VOLUME_PORT": str(ports[3]),
             "SWITCHBOARD_EMBEDDED__WEED_FILER_PORT": str(ports[4]),
             "SWITCHBOARD_EMBEDDED__MQTT_PORT": str(ports[5]),
+            "SWITCHBOARD_EMBEDDED__WEED_ADMIN_PORT": str(ports[6]),
         })
         result = run(["up"], env, timeout=60)
     assert result.returncode == 1
