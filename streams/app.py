@@ -11,7 +11,7 @@ import faust
 from infra.bus.clients import ssl_context
 from infra.config import Settings
 from streams.shell import StreamShell
-from topics.processor import Processor
+from topics.processor import Processor, StatefulProcessor
 
 
 class SwitchboardApp(faust.App):
@@ -36,14 +36,14 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
     return settings.data_dir / "workers" / worker_id
 
 
-def default_processors() -> list[Processor]:
+def default_processors() -> list[Processor | StatefulProcessor]:
     """The processors a Switchboard worker runs."""
     from agents.echo import EchoAgent
 
     return [EchoAgent()]
 
 
-def create_app(settings: Settings, processors: list[Processor] | None = None, *,
+def create_app(settings: Settings, processors: list[Processor | StatefulProcessor] | None = None, *,
                worker_id: str = "0") -> SwitchboardApp:
     """A worker app running `processors` (default: the built-in agents) under the stream shell."""
     kafka = settings.kafka

@@ -6,12 +6,16 @@ The guarantees are made here, once:
 - effects are published and acknowledged by the broker before the input message is acknowledged, so a committed
   offset never runs ahead of its effects (at-least-once);
 - effect ids derive from the input's id, so a redelivered input produces identical events, which readers drop
-  (effectively once).
+  (effectively once);
+- a stateful processor's state lives in a Faust Table together with the offset of the last input applied to it,
+  written after the effects are acknowledged: a redelivered input (offset not after the recorded one) is skipped,
+  so state is never applied twice and a restart resumes exactly where the state says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +28,7 @@ from topics.binding import KafkaRecord, decode_event, encode_event
 from topics.codec import AvroCodec
 from topics.deadletter import dead_letter
 from topics.errors import DecodeError
-from topics.processor import Processor
+from topics.processor import Processor, State, StatefulProcessor
 from topics.spec import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -62,9 +66,26 @@ class StreamShell:
         run.__qualname__ = run.__name__ = processor.name
         self.app.agent(self.topic(processor.source), name=f"switchboard.{processor.name}")(run)
 
-    def register_all(self, processors: Iterable[Processor]) -> None:
+    def register_stateful(self, processor: StatefulProcessor) -> Any:
+        """Run `processor` with its per-subject state in a changelog-backed table; returns the table."""
+        # str keys, JSON values (the app's default value serializer).
+        table = self.app.Table(f"{processor.name}-state", default=None, partitions=processor.source.partitions,
+                               key_type=str)
+
+        async def run(stream: Any) -> None:
+            async for record in stream.events():
+                await self.process_stateful(processor, table, record.message)
+
+        run.__qualname__ = run.__name__ = processor.name
+        self.app.agent(self.topic(processor.source), name=f"switchboard.{processor.name}")(run)
+        return table
+
+    def register_all(self, processors: Iterable[Processor | StatefulProcessor]) -> None:
         for processor in processors:
-            self.register(processor)
+            if isinstance(processor, StatefulProcessor):
+                self.register_stateful(processor)
+            else:
+                self.register(processor)
 
     async def process(self, processor: Processor, message: Any) -> None:
         """Handle one Kafka message; never raises for bad input."""
@@ -83,6 +104,39 @@ class StreamShell:
             return
         await self.publish(records)
 
+    async def process_stateful(self, processor: StatefulProcessor, table: Any, message: Any) -> None:
+        """Handle one message for a stateful processor; never raises for bad input."""
+        headers = _headers(message.headers)
+        try:
+            event = decode_event(message.value, headers, self.codec, processor.source.value_schema)
+        except DecodeError as exc:
+            await self._dead_letter(processor, message, headers, str(exc), "DecodeError")
+            return
+        subject = event.subject
+        if not subject:
+            await self._dead_letter(processor, message, headers,
+                                    f"processor {processor.name} keeps state per subject, and event {event.id} "
+                                    "has none (set the CloudEvents subject / Kafka key)", "MissingSubject")
+            return
+        record = table.get(subject)
+        if record is not None and record["partition"] == message.partition and message.offset <= record["offset"]:
+            log.info("skipping %s/%s/%s: already applied to %s", message.topic, message.partition,
+                     message.offset, subject)
+            return
+        state: State = record["state"] if record is not None else processor.initial(subject)
+        try:
+            new_state, emits = processor.step(state, event)
+            stored = json.loads(json.dumps(new_state))  # fail here, not in the table, if it is not JSON
+            records = [(emit.topic, encode_event(emit.event, self.codec)) for emit in emits]
+        except Exception as exc:  # a failing step must not stop the other subjects
+            log.exception("processor %s failed on event %s", processor.name, event.id)
+            reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
+            await self._dead_letter(processor, message, headers, reason, type(exc).__name__)
+            table[subject] = {"state": dict(state), "partition": message.partition, "offset": message.offset}
+            return
+        await self.publish(records)
+        table[subject] = {"state": stored, "partition": message.partition, "offset": message.offset}
+
     async def publish(self, records: Sequence[tuple[TopicSpec, KafkaRecord]]) -> None:
         """Send and wait for every broker acknowledgement; retry while the bus is unreachable (back-pressure)."""
         futures = [await self._send(spec, record) for spec, record in records]
@@ -99,8 +153,8 @@ class StreamShell:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
 
-    async def _dead_letter(self, processor: Processor, message: Any, headers: list[tuple[str, bytes | None]],
-                           reason: str, error: str) -> None:
+    async def _dead_letter(self, processor: Processor | StatefulProcessor, message: Any,
+                           headers: list[tuple[str, bytes | None]], reason: str, error: str) -> None:
         log.warning("dead-lettering %s/%s/%s: %s", message.topic, message.partition, message.offset, reason)
         timestamp = getattr(message, "timestamp", None)
         letter = dead_letter(

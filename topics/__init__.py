@@ -20,7 +20,7 @@ from topics.errors import (
     TopicError,
 )
 from topics.event import Event, derived_id, new_id
-from topics.processor import Emit, Processor
+from topics.processor import Emit, Processor, StatefulProcessor
 from topics.schema_store import Schema, SchemaStore, default_store
 from topics.spec import Cleanup, TopicSpec
 
@@ -41,6 +41,7 @@ __all__ = [
     "SchemaError",
     "SchemaStore",
     "StackError",
+    "StatefulProcessor",
     "SwitchboardError",
     "TopicError",
     "TopicSpec",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from topics.event import Event
 from topics.spec import TopicSpec
@@ -32,3 +32,26 @@ class Processor(Protocol):
     def source(self) -> TopicSpec: ...
 
     def handle(self, event: Event) -> Sequence[Emit]: ...
+
+
+State = Mapping[str, Any]
+
+
+@runtime_checkable
+class StatefulProcessor(Protocol):
+    """A pure state-machine step per subject (session, workflow run): `(state, event) -> (new_state, effects)`.
+
+    The shell keeps each subject's state with the offset of the last input applied to it, in one table record, so
+    state and position never disagree: a redelivered input is recognised and skipped, and a restart resumes exactly.
+    State must be JSON-serialisable.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> TopicSpec: ...
+
+    def initial(self, subject: str) -> State: ...
+
+    def step(self, state: State, event: Event) -> tuple[State, Sequence[Emit]]: ...

@@ -24,7 +24,7 @@ async def test_a_turn_goes_in_and_a_reply_comes_out(stack: Settings) -> None:
         turn, replies = await chat.say("hello")
         turn2, replies2 = await chat.say("how are you")
 
-    assert [r.data["text"] for r in replies2] == ["You said: how are you"]
+    assert [r.data["text"] for r in replies2] == ["You said: how are you (turn 2)"]
     [reply] = replies
     assert reply.type == catalog.DIALOGUE_REPLIES.value_schema
     assert reply.data["in_reply_to"] == turn.id
@@ -61,7 +61,7 @@ async def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_serving(stac
 
     async with ChatSession(stack, "echo", "it-after-bad") as chat:
         _, replies = await chat.say("still there?")
-    assert [r.data["text"] for r in replies] == ["You said: still there?"]
+    assert [r.data["text"] for r in replies] == ["You said: still there? (turn 1)"]
 
     letters = await collect_events(stack, catalog.DEAD_LETTERS, lambda e: e.data["key"] in bad, count=3)
     by_key = {letter.data["key"]: letter.data for letter in letters}
@@ -108,7 +108,7 @@ async def test_external_config_starts_nothing_embedded(stack: Settings, tmp_path
         # The external worker answers too; both workers emit the same reply id, and the reader drops the twin.
         async with ChatSession(external, "echo", "it-external") as chat:
             _, replies = await chat.say("via external config")
-        assert [r.data["text"] for r in replies] == ["You said: via external config"]
+        assert [r.data["text"] for r in replies] == ["You said: via external config (turn 1)"]
     finally:
         embedded.down()
     assert _processes_under(tmp_path) == []
