@@ -38,22 +38,29 @@ class KafkaSettings(_Section):
     """The Kafka-protocol bus. No `bootstrap_servers` means the embedded Tansu broker."""
 
     bootstrap_servers: str | None = Field(None, description="host:port[,host:port...] of an external cluster")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    client_id: str = "switchboard"
-    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT",
+        description="how to talk to the brokers")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None,
+        description="SASL mechanism for SASL_* protocols")
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (use the environment variable)")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS")
+    ssl_keyfile: Path | None = Field(None, description="client key for mutual TLS")
+    client_id: str = Field("switchboard", description="client id prefix shown in broker logs")
+    replication_factor: int = Field(1, ge=1,
+        description="replicas of each topic `topics create` makes (3 on a cluster)")
     # Latency knobs. Tansu does not wake a waiting fetch when data arrives, so every hop costs up to the fetch
     # wait: embedded defaults are low. A real broker answers as soon as data arrives; 500 ms is Kafka's default.
-    fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000)
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(1_000, ge=100)
-    rebalance_timeout_ms: int | None = Field(None, ge=1000)
-    request_timeout_ms: int = Field(30_000, ge=1000)
+    fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000,
+        description="consumer long-poll wait; default 10 embedded (Tansu is not woken by new data), 500 external")
+    session_timeout_ms: int = Field(10_000, ge=1000,
+        description="a worker silent this long is considered dead and its partitions move")
+    heartbeat_interval_ms: int = Field(1_000, ge=100, description="consumer group heartbeat")
+    rebalance_timeout_ms: int | None = Field(None, ge=1000,
+        description="how long a rebalance waits for members; default 3000 embedded (the first join "
+                    "waits it in full on Tansu), 60000 external")
+    request_timeout_ms: int = Field(30_000, ge=1000, description="client request timeout")
 
     @property
     def embedded(self) -> bool:
@@ -106,12 +113,16 @@ class S3Settings(_Section):
     """Object storage. No `endpoint_url` means the embedded SeaweedFS; for AWS S3 set `endpoint_url` to
     `https://s3.REGION.amazonaws.com` (or your MinIO/Ceph endpoint)."""
 
-    endpoint_url: str | None = None
-    bucket: str = Field("switchboard", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    broker_bucket: str = Field("switchboard-bus", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    access_key_id: str = "switchboard"
-    secret_access_key: SecretStr = SecretStr("switchboard-secret")
-    region: str = "us-east-1"
+    endpoint_url: str | None = Field(None,
+        description="S3 endpoint of external storage (AWS, MinIO, Ceph); unset = embedded SeaweedFS")
+    bucket: str = Field("switchboard", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="bucket for Switchboard's objects (claim-checked data, workflow outputs)")
+    broker_bucket: str = Field("switchboard-bus", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="bucket the embedded broker keeps its log in")
+    access_key_id: str = Field("switchboard", description="S3 access key (the embedded store accepts only this pair)")
+    secret_access_key: SecretStr = Field(SecretStr("switchboard-secret"),
+        description="S3 secret key (use the environment variable)")
+    region: str = Field("us-east-1", description="S3 region")
 
     @property
     def embedded(self) -> bool:
@@ -121,12 +132,12 @@ class S3Settings(_Section):
 class MQTTSettings(_Section):
     """The MQTT broker for the IoT bridge. No `host` means the embedded amqtt broker."""
 
-    host: str | None = None
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: Path | None = None
+    host: str | None = Field(None, description="external MQTT broker host; unset = embedded amqtt")
+    port: int = Field(1883, ge=1, le=65535, description="external MQTT broker port")
+    username: str | None = Field(None, description="MQTT user")
+    password: SecretStr | None = Field(None, description="MQTT password (use the environment variable)")
+    tls: bool = Field(False, description="connect to the MQTT broker over TLS")
+    ca_file: Path | None = Field(None, description="CA bundle for the MQTT broker's certificate")
 
     @property
     def embedded(self) -> bool:
@@ -137,16 +148,16 @@ class EmbeddedSettings(_Section):
     """Ports and knobs of the embedded stack (all bound to `host`). Chosen away from the services' usual ports so
     a real Kafka, S3 or MQTT on the same machine does not collide."""
 
-    host: Literal["127.0.0.1"] = "127.0.0.1"
-    kafka_port: int = Field(19092, ge=1024, le=65535)
-    s3_port: int = Field(18333, ge=1024, le=65535)
-    weed_master_port: int = Field(19333, ge=1024, le=65535)
-    weed_volume_port: int = Field(18080, ge=1024, le=65535)
-    weed_filer_port: int = Field(18888, ge=1024, le=65535)
-    weed_admin_port: int = Field(13646, ge=1024, le=65535)
-    mqtt_port: int = Field(11883, ge=1024, le=65535)
-    start_timeout_s: float = Field(60.0, gt=0)
-    stop_timeout_s: float = Field(15.0, gt=0)
+    host: Literal["127.0.0.1"] = Field("127.0.0.1", description="the embedded stack binds only here")
+    kafka_port: int = Field(19092, ge=1024, le=65535, description="Tansu's Kafka listener")
+    s3_port: int = Field(18333, ge=1024, le=65535, description="SeaweedFS S3 API (gRPC on +10000)")
+    weed_master_port: int = Field(19333, ge=1024, le=65535, description="SeaweedFS master (gRPC on +10000)")
+    weed_volume_port: int = Field(18080, ge=1024, le=65535, description="SeaweedFS volume server (gRPC on +10000)")
+    weed_filer_port: int = Field(18888, ge=1024, le=65535, description="SeaweedFS filer (gRPC on +10000)")
+    weed_admin_port: int = Field(13646, ge=1024, le=65535, description="SeaweedFS admin server (gRPC on +10000)")
+    mqtt_port: int = Field(11883, ge=1024, le=65535, description="amqtt's MQTT listener")
+    start_timeout_s: float = Field(60.0, gt=0, description="how long `up` waits for each component to answer")
+    stop_timeout_s: float = Field(15.0, gt=0, description="how long `down` waits before SIGKILL")
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> EmbeddedSettings:
@@ -166,10 +177,11 @@ class EmbeddedSettings(_Section):
 class WorkerSettings(_Section):
     """The Switchboard stream workers (Faust)."""
 
-    count: int = Field(1, ge=0, le=16)
-    app_id: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$")
-    store: str = "rocksdb://"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    count: int = Field(1, ge=0, le=16, description="stream workers `switchboard up` starts on this machine")
+    app_id: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Faust app id = consumer group; all workers of one deployment share it")
+    store: str = Field("rocksdb://", description="Faust table store (rocksdb:// or memory://)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="worker log level")
 
 
 class Settings(BaseSettings):
