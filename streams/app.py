@@ -15,9 +15,10 @@ from topics.processor import Processor, StatefulProcessor
 
 
 class SwitchboardApp(faust.App):
-    """A Faust app that also carries the consumer fetch wait (read by `streams.transport`)."""
+    """A Faust app that also carries the consumer fetch wait and the settings (read by `streams.transport`)."""
 
     fetch_max_wait_ms: int = 500
+    switchboard_settings: Settings | None = None  # read by streams.transport (true partition ends)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -67,9 +68,14 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=kafka.effective_rebalance_timeout_ms / 1000,
         broker_request_timeout=kafka.request_timeout_ms / 1000,
+        # A worker's local store can be ahead of what the broker shows for a moment (Tansu on S3 serves
+        # acknowledged changelog records late); that is not an inconsistency, so recover from the local offset
+        # rather than refuse to start. The ends themselves come from streams.recovery_ends.
+        recovery_consistency_check=False,
         broker_commit_every=100,
         broker_commit_interval=1.0,
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
+    app.switchboard_settings = settings
     StreamShell(app).register_all(default_processors() if processors is None else processors)
     return app

@@ -52,9 +52,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 
 
 async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], settings: Settings,
-                    timeout_s: float = 30.0) -> dict[TopicPartition, PartitionEnd]:
+                    timeout_s: float = 30.0, quiet_ms: int | None = None) -> dict[TopicPartition, PartitionEnd]:
     """The true end of each partition (next offset to be written), as of now.
 
+    The end is declared once a fetch round brings nothing more for `quiet_ms` (default: one fetch wait + 300 ms).
     Uses (and re-assigns) `consumer`, which must not be in a group.
     """
     reported = await consumer.end_offsets(list(partitions))
@@ -67,7 +68,7 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
         consumer.seek(tp, reported[tp] - 1)  # the last batch starts here; read it and whatever follows
     last: dict[TopicPartition, int] = {}
     deadline = time.monotonic() + timeout_s
-    quiet = _quiet_ms(settings)
+    quiet = quiet_ms if quiet_ms is not None else _quiet_ms(settings)
     while pending and time.monotonic() < deadline:
         batch = await consumer.getmany(*pending, timeout_ms=quiet)
         for tp, records in batch.items():
