@@ -8,6 +8,7 @@ together with the environment variable that sets it.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,9 @@ from topics.errors import ConfigError
 
 ENV_PREFIX = "SWITCHBOARD_"
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG"
+# The TOML file `load_settings` is reading, if any. A context variable rather than a per-file subclass of `Settings`,
+# so settings from a file are plain `Settings`: equal to the same values from the environment, and picklable.
+_TOML_FILE: ContextVar[Path | None] = ContextVar("switchboard_toml_file", default=None)
 
 
 def default_data_dir() -> Path:
@@ -250,8 +254,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = settings_cls.model_config.get("toml_file")
-        if toml_file:
+        toml_file = _TOML_FILE.get()
+        if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
@@ -275,7 +279,7 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Load settings: keyword overrides > environment > TOML file (`config_file` or $SWITCHBOARD_CONFIG) > defaults."""
     path_text = config_file if config_file is not None else os.environ.get(CONFIG_FILE_ENV)
-    settings_cls: type[Settings] = Settings
+    toml_file: Path | None = None
     origin = "environment"
     if path_text:
         path = Path(path_text).expanduser()
@@ -287,14 +291,16 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
             tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        settings_cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+        toml_file = path
         origin = f"environment and {path}"
     # $SWITCHBOARD_CONFIG names the file; it is not a setting itself.
     saved = os.environ.pop(CONFIG_FILE_ENV, None)
+    token = _TOML_FILE.set(toml_file)
     try:
-        return settings_cls(**overrides)
+        return Settings(**overrides)
     except ValidationError as exc:
         raise _explain(exc, origin) from None
     finally:
+        _TOML_FILE.reset(token)
         if saved is not None:
             os.environ[CONFIG_FILE_ENV] = saved

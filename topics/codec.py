@@ -15,7 +15,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from topics.errors import DecodeError, EncodeError
+from topics.errors import DecodeError, EncodeError, SchemaError
 from topics.schema_store import Schema, SchemaStore, default_store
 
 MAGIC = b"\xc3\x01"
@@ -82,7 +82,13 @@ class AvroCodec:
             )
         if expected is not None and writer.name != expected:
             raise DecodeError(f"payload is a {writer.name}, but this topic carries {expected}")
-        reader = self.store.current(writer.name)
+        try:
+            reader = self.store.current(writer.name)
+        except SchemaError:
+            raise DecodeError(
+                f"payload is a {writer.name} (fingerprint {fingerprint.hex()}, known from schemas/history/), but "
+                "schemas/ has no current schema of that name to read it with"
+            ) from None
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:

@@ -38,7 +38,7 @@ class TopicSpec:
     extra_config: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise TopicError(
                 f"topic name {self.name!r} must be dotted lower-case words like 'dialogue.turns'"
             )
