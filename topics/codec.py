@@ -48,6 +48,12 @@ class AvroCodec:
     def validate(self, schema_name: str, datum: Mapping[str, Any]) -> Schema:
         """Check `datum` against the current schema; the error names each offending field."""
         schema = self.store.current(schema_name)
+        # fastavro ignores keys the schema lacks; a misspelt field would silently become its default.
+        known = [field["name"] for field in schema.definition["fields"]]
+        unknown = sorted(set(datum) - set(known))
+        if unknown:
+            raise EncodeError(f"{schema_name}: unknown field(s) {', '.join(unknown)}; the schema has "
+                              f"{', '.join(known)}")
         try:
             validate(datum, schema.parsed, raise_errors=True)
         except ValidationError as exc:

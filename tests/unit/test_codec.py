@@ -219,3 +219,8 @@ def test_dead_letters_keep_any_bytes_exactly(value: bytes | None, headers: list[
               "timestamp_ms": None, "key": None, "value": value,
               "headers": [{"key": k, "value": v} for k, v in headers]}
     assert CODEC.decode(CODEC.encode("switchboard.bus.DeadLetter", letter)).datum == letter
+
+
+def test_unknown_fields_are_rejected_not_dropped() -> None:
+    with pytest.raises(EncodeError, match=r"unknown field\(s\) chanel; the schema has session_id, agent, text"):
+        CODEC.encode("switchboard.dialogue.Turn", {"session_id": "s", "agent": "a", "text": "t", "chanel": "cli"})
