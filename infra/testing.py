@@ -8,6 +8,7 @@ await events on the bus instead of sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -99,4 +100,33 @@ async def collect_events(settings: Settings, topic: TopicSpec, predicate: Callab
         await asyncio.wait_for(scan(), timeout_s)
     except TimeoutError:
         raise TimeoutError(f"{len(found)} of {count} expected events on {topic.name} within {timeout_s}s") from None
+    return found
+
+
+async def await_all(settings: Settings, topic: TopicSpec, wanted: set[str], key: Callable[[Event], str | None],
+                    timeout_s: float = 60.0) -> dict[str, list[Event]]:
+    """Read `topic` until an event with `key(event)` in `wanted` has arrived for every wanted key.
+
+    Returns every matching event per key (redelivered duplicates included), for as many keys as arrived in time;
+    compare the result with `wanted` to see what is missing.
+    """
+    import asyncio
+
+    codec = AvroCodec()
+    found: dict[str, list[Event]] = {}
+
+    async def scan() -> None:
+        async for record in read_topic(settings, topic.name, follow=True):
+            try:
+                event = decode_event(record.value, record.headers, codec)
+            except DecodeError:
+                continue
+            k = key(event)
+            if k in wanted:
+                found.setdefault(k, []).append(event)
+                if len(found) == len(wanted):
+                    return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(scan(), timeout_s)
     return found
