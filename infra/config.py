@@ -24,6 +24,8 @@ from topics.errors import ConfigError
 
 ENV_PREFIX = "SWITCHBOARD_"
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG"
+# SWITCHBOARD_* variables that are not settings: the config file, and what `switchboard up` hands its workers.
+NON_SETTING_ENV = frozenset({CONFIG_FILE_ENV, "SWITCHBOARD_WORKER_ID", "SWITCHBOARD_READY_FILE"})
 # The TOML file `load_settings` is reading, if any. A context variable rather than a per-file subclass of `Settings`,
 # so settings from a file are plain `Settings`: equal to the same values from the environment, and picklable.
 _TOML_FILE: ContextVar[Path | None] = ContextVar("switchboard_toml_file", default=None)
@@ -276,8 +278,35 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
     return ConfigError(f"invalid Switchboard settings ({origin}):\n" + "\n".join(lines))
 
 
+def known_environment_names() -> set[str]:
+    """Every SWITCHBOARD_* variable that sets something."""
+    names = set(NON_SETTING_ENV)
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names.update(f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in section.model_fields)
+        else:
+            names.add(f"{ENV_PREFIX}{name.upper()}")
+    return names
+
+
+def _check_environment_names() -> None:
+    # pydantic-settings ignores SWITCHBOARD_* names that match no field; a misspelt one (a single underscore, a
+    # wrong section) would silently leave that part embedded.
+    known = known_environment_names()
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k.upper() not in known)
+    if unknown:
+        lines = [f"  {name}: unknown Switchboard environment variable" for name in unknown]
+        raise ConfigError(
+            "invalid Switchboard settings (environment):\n" + "\n".join(lines)
+            + "\n  settings are SWITCHBOARD_<KEY> or SWITCHBOARD_<SECTION>__<KEY> (two underscores); "
+            "docs/configuration.md lists them all"
+        )
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Load settings: keyword overrides > environment > TOML file (`config_file` or $SWITCHBOARD_CONFIG) > defaults."""
+    _check_environment_names()
     path_text = config_file if config_file is not None else os.environ.get(CONFIG_FILE_ENV)
     toml_file: Path | None = None
     origin = "environment"

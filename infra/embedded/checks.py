@@ -40,15 +40,21 @@ async def s3_ready(settings: Settings, *, create_buckets: bool = False) -> None:
     """S3 answers with our credentials; optionally create the buckets (idempotent)."""
     import aioboto3
     from botocore.config import Config
+    from botocore.exceptions import ClientError
 
     session = aioboto3.Session()
     config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+    # Buckets are checked one by one (HEAD), so least-privilege credentials without ListAllMyBuckets work; the
+    # broker's bucket matters only when the broker is the embedded one.
+    wanted = [settings.s3.bucket] + ([settings.s3.broker_bucket] if settings.kafka.embedded else [])
     async with session.client("s3", config=config, **s3_client_kwargs(settings)) as s3:
-        names = {b["Name"] for b in (await s3.list_buckets()).get("Buckets", [])}
-        wanted = [settings.s3.bucket, settings.s3.broker_bucket]
         for bucket in wanted:
-            if bucket in names:
+            try:
+                await s3.head_bucket(Bucket=bucket)
                 continue
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
             if not create_buckets:
                 raise StackError("s3", f"bucket {bucket} does not exist at {settings.s3_endpoint}; create it "
                                        "or set SWITCHBOARD_S3__BUCKET / SWITCHBOARD_S3__BROKER_BUCKET")

@@ -111,7 +111,7 @@ def test_precedence_keyword_over_environment_over_file(tmp_path: Path, monkeypat
          "kafka.fetch_max_wait_ms (env SWITCHBOARD_KAFKA__FETCH_MAX_WAIT_MS): Input should be a valid integer"),
         ({"SWITCHBOARD_EMBEDDED__KAFKA_PORT": "80"},
          "embedded.kafka_port (env SWITCHBOARD_EMBEDDED__KAFKA_PORT): Input should be greater than or equal to 1024"),
-        ({"SWITCHBOARD_KAFKA__BOGUS": "1"}, "kafka.bogus (env SWITCHBOARD_KAFKA__BOGUS): unknown setting"),
+        ({"SWITCHBOARD_KAFKA__BOGUS": "1"}, "SWITCHBOARD_KAFKA__BOGUS: unknown Switchboard environment variable"),
         ({"SWITCHBOARD_KAFKA__BOOTSTRAP_SERVERS": "nohost"},
          "kafka.bootstrap_servers (env SWITCHBOARD_KAFKA__BOOTSTRAP_SERVERS): 'nohost' is not host:port"),
         ({"SWITCHBOARD_KAFKA__BOOTSTRAP_SERVERS": "ok:1,bad:port"}, "'bad:port' is not host:port"),
@@ -257,3 +257,14 @@ def test_settings_are_immutable() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         settings.data_dir = Path("/elsewhere")  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+def test_a_misspelt_variable_is_an_error_not_silently_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")  # one underscore
+    with pytest.raises(ConfigError,
+                       match=r"SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS: unknown Switchboard environment variable"):
+        load_settings()
+    monkeypatch.delenv("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS")
+    for allowed in ("SWITCHBOARD_WORKER_ID", "SWITCHBOARD_READY_FILE"):
+        monkeypatch.setenv(allowed, "1")
+    assert load_settings().kafka.embedded
