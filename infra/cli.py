@@ -208,9 +208,8 @@ def schemas_list() -> None:
 @schemas.command("freeze")
 def schemas_freeze() -> None:
     """Record every current schema version in schemas/history/ (do this after changing a schema)."""
-    from topics.compat import freeze
-
     from schemas import SCHEMA_DIR
+    from topics.compat import freeze
 
     written = freeze(SCHEMA_DIR)
     for path in written:

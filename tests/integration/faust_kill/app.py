@@ -7,6 +7,7 @@ Run by `scenario.py` as `python -m faust -A app worker` with this directory on P
   FAUST_FIXES  "1" (default): Switchboard's `switchboard://` transport with `streams.faust_fixes` applied;
                "0": stock Faust 0.15.3 (the same transport settings, none of the fixes), to show what they fix
   READY_DIR    where the worker writes `<WID>.json` (its input partitions) after each completed rebalance
+  KR_FETCH_MAX_WAIT_MS, KR_COMMIT_INTERVAL_S   the consumer's fetch wait (default 10) and commit interval (1.0)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport import drivers
@@ -25,7 +26,9 @@ from streams import faust_fixes, transport
 WORKER = os.environ.get("WID", "?")
 FIXES = os.environ.get("FAUST_FIXES", "1") == "1"
 INPUT, OUTPUT = "kr-in", "kr-out"
-FETCH_MAX_WAIT_MS = 10  # Switchboard's embedded default: Tansu does not wake a waiting fetch
+# Switchboard's embedded default is 10 (Tansu does not wake a waiting fetch); see KR_FETCH_MAX_WAIT_MS below.
+FETCH_MAX_WAIT_MS = int(os.environ.get("KR_FETCH_MAX_WAIT_MS", "10"))
+COMMIT_INTERVAL_S = float(os.environ.get("KR_COMMIT_INTERVAL_S", "1.0"))
 
 
 class UnfixedConsumer(faust_aiokafka.Consumer):
@@ -60,7 +63,7 @@ app = faust.App(
     broker_heartbeat_interval=1.0,
     broker_rebalance_timeout=3.0,
     broker_commit_every=100,
-    broker_commit_interval=1.0,
+    broker_commit_interval=COMMIT_INTERVAL_S,
 )
 app.fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # type: ignore[attr-defined]  # read by streams.transport
 src = app.topic(INPUT, key_serializer="raw", value_serializer="raw", partitions=4)
@@ -76,11 +79,14 @@ async def forward(stream: Any) -> None:
         await dst.send(key=event.key, value=event.value + f"|{WORKER}|{where}".encode())
 
 
-@app.on_rebalance_complete.connect
-async def _report_assignment(sender: Any, **kwargs: Any) -> None:
+async def _report_assignment(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
     ready_dir = os.environ.get("READY_DIR")
     if ready_dir:
         mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == INPUT)
         path = Path(ready_dir) / f"{WORKER}.json"
         path.with_suffix(".tmp").write_text(json.dumps({"partitions": mine, "fixes": faust_fixes.applied()}))
         path.with_suffix(".tmp").replace(path)
+
+
+# mode's receiver type is narrower than the calls it makes (as streams.worker).
+cast(Any, app.on_rebalance_complete).connect(_report_assignment)

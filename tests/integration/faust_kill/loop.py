@@ -26,10 +26,13 @@ async def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--kill-after", type=float, default=2.0)
     parser.add_argument("--no-cython", action="store_true")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="for the workers")
     parser.add_argument("--out", type=Path, default=None, help="where to keep the runs' logs (default: a temp dir)")
     args = parser.parse_args()
     base = args.out or Path(tempfile.mkdtemp(prefix="faust-kill-"))
-    env = {"NO_CYTHON": "1"} if args.no_cython else {}
+    env = dict(item.split("=", 1) for item in args.env)
+    if args.no_cython:
+        env["NO_CYTHON"] = "1"
     runs = []
     for i in range(args.runs):
         outcome = await run_scenario(base / f"run{i:02d}", fixes=not args.unfixed, n=args.n, rate=args.rate,
