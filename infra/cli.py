@@ -284,6 +284,37 @@ def chat(ctx: click.Context, agent: str, session: str | None, said: tuple[str, .
                           timeout_s=timeout))
 
 
+# -- dialogue policies ---------------------------------------------------------------------------------------------
+@cli.group()
+def policy() -> None:
+    """Dialogue policies (agents/<agent>/policy.yaml; format: docs/policies.md)."""
+
+
+@policy.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def policy_check(paths: tuple[Path, ...]) -> None:
+    """Check each policy PATH (a policy file, an agent folder, or a folder of agents); every problem is listed."""
+    from agents.dialogue.loader import POLICY_FILE, PolicyError, discover_policies, load_policy, policy_summary
+
+    failed = False
+    for path in paths:
+        files = [path]
+        if path.is_dir():
+            files = [path / POLICY_FILE] if (path / POLICY_FILE).exists() else discover_policies(path) or [
+                path / POLICY_FILE]
+        for file in files:
+            try:
+                loaded = load_policy(file)
+            except PolicyError as exc:
+                failed = True
+                for problem in exc.problems:
+                    click.secho(str(problem), fg="red")
+                continue
+            click.echo(f"OK {file} ({policy_summary(loaded)})")
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     import logging
 
