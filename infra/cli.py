@@ -19,6 +19,13 @@ from topics.errors import SwitchboardError
 T = TypeVar("T")
 
 
+def declared_topics() -> tuple[Any, ...]:
+    """Every declared topic; loads the agents' policies (a broken policy is reported here)."""
+    from agents.registry import declared_topics as declared
+
+    return declared()
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -154,7 +161,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 # -- topics & schemas ------------------------------------------------------------------------------------------
 @cli.group()
 def topics() -> None:
-    """The declared topics (topics/catalog.py)."""
+    """The declared topics (topics/catalog.py, and each dialogue agent's agent.<name>.* topics)."""
 
 
 @topics.command("create")
@@ -163,7 +170,7 @@ def topics_create(ctx: click.Context) -> None:
     """Create every declared topic that does not exist (idempotent)."""
     from infra.bus.admin import ensure_topics
 
-    for outcome in _run(ensure_topics(_settings(ctx), catalog.ALL)):
+    for outcome in _run(ensure_topics(_settings(ctx), declared_topics())):
         verb = "created" if outcome.created else "exists "
         note = f"  ({outcome.note})" if outcome.note else ""
         click.echo(f"  {verb} {outcome.spec.name}{note}")
@@ -179,7 +186,7 @@ def topics_list(ctx: click.Context, offline: bool) -> None:
         from infra.bus.admin import existing_topics
 
         existing = _run(existing_topics(_settings(ctx)))
-    for spec in catalog.ALL:
+    for spec in declared_topics():
         retention = "compacted" if spec.cleanup.value == "compact" else (
             f"{spec.retention_ms // 86_400_000}d" if spec.retention_ms else "forever")
         missing = "  [missing: switchboard topics create]"
@@ -282,6 +289,75 @@ def chat(ctx: click.Context, agent: str, session: str | None, said: tuple[str, .
     with contextlib.suppress(KeyboardInterrupt):
         _run(console.chat(_settings(ctx), agent, session, lines, sys.stdout, prompt=console.read_prompt,
                           timeout_s=timeout))
+
+
+# -- the human queue -----------------------------------------------------------------------------------------------
+@cli.group()
+def handoff() -> None:
+    """Sessions handed to people: list them, take one, answer the user, release it back to the bot."""
+
+
+@handoff.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include released sessions.")
+@click.option("--lines", type=int, default=4, show_default=True, help="Last messages shown per session.")
+@click.pass_context
+def handoff_list(ctx: click.Context, show_all: bool, lines: int) -> None:
+    """The human queue: waiting and taken sessions with the reason and the last messages."""
+    from infra import handoff as queue
+
+    cases = [c for c in _run(queue.queue(_settings(ctx))).values() if show_all or c.open]
+    if not cases:
+        click.echo("no session is waiting for a person")
+    for case in cases:
+        click.echo(f"{case.session_id}  agent {case.agent}  [{case.status}]  {case.reason or ''}")
+        for role, text in case.messages[-lines:] if lines > 0 else []:
+            click.echo(f"    {role}> {text}")
+
+
+def _handoff_act(ctx: click.Context, session: str, kind: str, person: str | None, text: str | None,
+                 agent: str | None) -> None:
+    from infra import handoff as queue
+
+    who = person or queue.whoami()
+    event = _run(queue.act(_settings(ctx), session, kind, person=who, text=text, agent=agent))
+    click.echo(f"sent {kind} for session {session} as {who} (id {event.id})")
+
+
+_as_option = click.option("--as", "person", default=None, help="Your name as the user sees it (default: $USER).")
+_agent_option = click.option("--agent", default=None,
+                             help="The session's agent (default: from the queue; needed to take a session that "
+                                  "was not handed off).")
+
+
+@handoff.command("take")
+@click.argument("session")
+@_as_option
+@_agent_option
+@click.pass_context
+def handoff_take(ctx: click.Context, session: str, person: str | None, agent: str | None) -> None:
+    """Take SESSION: the bot stays quiet and the user is told who they are talking to."""
+    _handoff_act(ctx, session, "human_take", person, None, agent)
+
+
+@handoff.command("reply")
+@click.argument("session")
+@click.argument("text")
+@_as_option
+@_agent_option
+@click.pass_context
+def handoff_reply(ctx: click.Context, session: str, text: str, person: str | None, agent: str | None) -> None:
+    """Send TEXT to the user of SESSION."""
+    _handoff_act(ctx, session, "human_reply", person, text, agent)
+
+
+@handoff.command("release")
+@click.argument("session")
+@_as_option
+@_agent_option
+@click.pass_context
+def handoff_release(ctx: click.Context, session: str, person: str | None, agent: str | None) -> None:
+    """Give SESSION back to the bot."""
+    _handoff_act(ctx, session, "human_release", person, None, agent)
 
 
 # -- dialogue policies ---------------------------------------------------------------------------------------------

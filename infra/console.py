@@ -183,8 +183,8 @@ class ChatSession:
         deadline = time.monotonic() + self.reply_timeout_s
         got_one = False
         while time.monotonic() < deadline:
-            # After the first reply, wait briefly for more parts of the same answer.
-            wait_ms = 300 if got_one else 1000
+            # After the first reply, wait a moment for more (a workflow's answer comes a few hops later).
+            wait_ms = 1000
             batch = await self._consumer.getmany(timeout_ms=wait_ms)
             if not batch and got_one:
                 return
@@ -194,7 +194,9 @@ class ChatSession:
                         event = decode_event(rec.value, rec.headers, self.codec)
                     except DecodeError:
                         continue
-                    if event.causationid != turn_id or event.id in self.seen:
+                    # The same correlation: answers to the turn, including those that come after a workflow it
+                    # started or from a person it was handed to.
+                    if event.correlationid != turn_id or event.id in self.seen:
                         continue
                     self.seen.add(event.id)
                     if not got_one:
@@ -204,7 +206,8 @@ class ChatSession:
         if not got_one:
             raise TimeoutError(
                 f"no reply from agent {self.agent!r} within {self.reply_timeout_s:.0f}s; is a worker running "
-                "(`switchboard status`) and is the agent name right?"
+                "(`switchboard status`) and is the agent name right? (A session handed to a person stays quiet "
+                "until they answer: `switchboard handoff list`.)"
             )
 
 

@@ -38,10 +38,11 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
 
 
 def default_processors() -> list[Processor | StatefulProcessor]:
-    """The processors a Switchboard worker runs."""
+    """The processors a Switchboard worker runs: the echo agent and every dialogue agent under `agents/`."""
     from agents.echo import EchoAgent
+    from agents.registry import dialogue_processors
 
-    return [EchoAgent()]
+    return [EchoAgent(), *dialogue_processors()]
 
 
 def create_app(settings: Settings, processors: list[Processor | StatefulProcessor] | None = None, *,

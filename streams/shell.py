@@ -7,7 +7,8 @@ The guarantees are made here, once:
   offset never runs ahead of its effects (at-least-once);
 - effect ids derive from the input's id, so a redelivered input produces identical events, which readers drop
   (effectively once);
-- a stateful processor's state lives in a Faust Table together with the offset of the last input applied to it,
+- a stateful processor's state lives in a Faust Table together with the offset of the last input applied to it
+  (per input topic),
   written after the effects are acknowledged: a redelivered input (offset not after the recorded one) is skipped,
   so state is never applied twice and a restart resumes exactly where the state says.
 """
@@ -15,6 +16,7 @@ The guarantees are made here, once:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,12 +29,18 @@ from topics import catalog
 from topics.binding import KafkaRecord, decode_event, encode_event
 from topics.codec import AvroCodec
 from topics.deadletter import dead_letter
-from topics.errors import DecodeError
+from topics.errors import DecodeError, TopicError
 from topics.processor import Processor, State, StatefulProcessor
 from topics.spec import TopicSpec
 
 log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 5.0
+
+
+def sources_of(processor: Processor | StatefulProcessor) -> tuple[TopicSpec, ...]:
+    """The topics a processor reads: its `sources` if it declares several, else its `source`."""
+    sources: tuple[TopicSpec, ...] | None = getattr(processor, "sources", None)
+    return tuple(sources) if sources else (processor.source,)
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes | None]]:
@@ -67,17 +75,30 @@ class StreamShell:
         self.app.agent(self.topic(processor.source), name=f"switchboard.{processor.name}")(run)
 
     def register_stateful(self, processor: StatefulProcessor) -> Any:
-        """Run `processor` with its per-subject state in a changelog-backed table; returns the table."""
+        """Run `processor` with its per-subject state in a changelog-backed table; returns the table.
+
+        A processor with `sources` reads several topics; they must be co-partitioned (same partition count, keyed by
+        the same subject), so that one worker holds every event of a subject and the one table partition for it.
+        """
+        sources = sources_of(processor)
+        partitions = {spec.partitions for spec in sources}
+        if len(partitions) != 1:
+            raise TopicError(f"processor {processor.name} reads {', '.join(s.name for s in sources)}, which have "
+                             f"different partition counts ({sorted(partitions)}); declare them co-partitioned")
         # str keys, JSON values (the app's default value serializer).
-        table = self.app.Table(f"{processor.name}-state", default=None, partitions=processor.source.partitions,
-                               key_type=str)
+        table = self.app.Table(f"{processor.name}-state", default=None, partitions=partitions.pop(), key_type=str)
+        if len(sources) == 1:
+            channel = self.topic(sources[0])
+        else:
+            channel = self.app.topic(*(spec.name for spec in sources), key_serializer="raw",
+                                     value_serializer="raw")
 
         async def run(stream: Any) -> None:
             async for record in stream.events():
                 await self.process_stateful(processor, table, record.message)
 
         run.__qualname__ = run.__name__ = processor.name
-        self.app.agent(self.topic(processor.source), name=f"switchboard.{processor.name}")(run)
+        self.app.agent(channel, name=f"switchboard.{processor.name}")(run)
         return table
 
     def register_all(self, processors: Iterable[Processor | StatefulProcessor]) -> None:
@@ -96,7 +117,10 @@ class StreamShell:
             await self._dead_letter(processor, message, headers, str(exc), "DecodeError")
             return
         try:
-            records = [(emit.topic, encode_event(emit.event, self.codec)) for emit in processor.handle(event)]
+            emits = processor.handle(event)
+            if inspect.isawaitable(emits):  # a stage that calls a model is async
+                emits = await emits
+            records = [(emit.topic, encode_event(emit.event, self.codec)) for emit in emits]
         except Exception as exc:  # a failing handler must not stop the other sessions
             log.exception("processor %s failed on event %s", processor.name, event.id)
             reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
@@ -107,8 +131,10 @@ class StreamShell:
     async def process_stateful(self, processor: StatefulProcessor, table: Any, message: Any) -> None:
         """Handle one message for a stateful processor; never raises for bad input."""
         headers = _headers(message.headers)
+        schema = next((spec.value_schema for spec in sources_of(processor) if spec.name == message.topic),
+                      processor.source.value_schema)
         try:
-            event = decode_event(message.value, headers, self.codec, processor.source.value_schema)
+            event = decode_event(message.value, headers, self.codec, schema)
         except DecodeError as exc:
             await self._dead_letter(processor, message, headers, str(exc), "DecodeError")
             return
@@ -119,10 +145,13 @@ class StreamShell:
                                     "has none (set the CloudEvents subject / Kafka key)", "MissingSubject")
             return
         record = table.get(subject)
-        if record is not None and record["partition"] == message.partition and message.offset <= record["offset"]:
+        applied: dict[str, list[int]] = dict(record["at"]) if record is not None else {}
+        last = applied.get(message.topic)
+        if last is not None and last[0] == message.partition and message.offset <= last[1]:
             log.info("skipping %s/%s/%s: already applied to %s", message.topic, message.partition,
                      message.offset, subject)
             return
+        applied[message.topic] = [message.partition, message.offset]
         state: State = record["state"] if record is not None else processor.initial(subject)
         try:
             new_state, emits = processor.step(state, event)
@@ -132,10 +161,10 @@ class StreamShell:
             log.exception("processor %s failed on event %s", processor.name, event.id)
             reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
             await self._dead_letter(processor, message, headers, reason, type(exc).__name__)
-            table[subject] = {"state": dict(state), "partition": message.partition, "offset": message.offset}
+            table[subject] = {"state": dict(state), "at": applied}
             return
         await self.publish(records)
-        table[subject] = {"state": stored, "partition": message.partition, "offset": message.offset}
+        table[subject] = {"state": stored, "at": applied}
 
     async def publish(self, records: Sequence[tuple[TopicSpec, KafkaRecord]]) -> None:
         """Send and wait for every broker acknowledgement; retry while the bus is unreachable (back-pressure)."""

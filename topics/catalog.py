@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from topics.errors import TopicError
 from topics.spec import DAY_MS, TopicSpec
 
@@ -29,15 +32,97 @@ DEAD_LETTERS = TopicSpec(
     retention_ms=30 * DAY_MS,
 )
 
-ALL: tuple[TopicSpec, ...] = (DIALOGUE_TURNS, DIALOGUE_REPLIES, DEAD_LETTERS)
+DIALOGUE_HANDOFFS = TopicSpec(
+    name="dialogue.handoffs",
+    value_schema="switchboard.dialogue.Handoff",
+    key="session id",
+    owner="dialogue processors (requests, user messages) and people (through `switchboard handoff`)",
+    description="The human queue: sessions handed to people and everything that happens to them there.",
+)
+DEVICE_COMMANDS = TopicSpec(
+    name="devices.commands",
+    value_schema="switchboard.agents.Command",
+    key="device id",
+    owner="dialogue and workflow processors",
+    description="Commands for IoT devices; the MQTT bridge delivers them.",
+)
+WORKFLOW_REQUESTS = TopicSpec(
+    name="workflow.requests",
+    value_schema="switchboard.workflow.Request",
+    key="run id",
+    owner="anyone starting a workflow (dialogues, upstream systems)",
+    description="Workflow runs to start; each result goes to the request's reply_to topic.",
+)
+
+ALL: tuple[TopicSpec, ...] = (DIALOGUE_TURNS, DIALOGUE_REPLIES, DEAD_LETTERS, DIALOGUE_HANDOFFS, DEVICE_COMMANDS,
+                              WORKFLOW_REQUESTS)
 _BY_NAME = {spec.name: spec for spec in ALL}
 if len(_BY_NAME) != len(ALL):  # pragma: no cover - a declaration mistake caught at import
     raise TopicError("two topics in topics/catalog.py share a name")
 
+_AGENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_AGENT_TOPIC = re.compile(r"^agent\.([a-z][a-z0-9_-]{0,62})\.(understood|signals|transitions)$")
+
+
+@dataclass(frozen=True)
+class AgentTopics:
+    """The topics each dialogue agent owns, declared by one naming rule so that agents can be added as folders.
+
+    `understood`: its users' turns with intent and entities (from the recogniser stage); `signals`: its inbox for
+    everything else (people, workflow results, timeouts, other agents, devices); `transitions`: its audit trail.
+    """
+
+    agent: str
+    understood: TopicSpec
+    signals: TopicSpec
+    transitions: TopicSpec
+
+    @property
+    def all(self) -> tuple[TopicSpec, ...]:
+        return (self.understood, self.signals, self.transitions)
+
+
+def agent_topics(agent: str) -> AgentTopics:
+    """The topics of dialogue agent `agent` (a lower-case name like `customer_service`)."""
+    if not _AGENT_NAME.fullmatch(agent):
+        raise TopicError(f"agent name {agent!r} must be lower-case letters, digits, '_' or '-', starting with a letter")
+    return AgentTopics(
+        agent=agent,
+        understood=TopicSpec(
+            name=f"agent.{agent}.understood",
+            value_schema="switchboard.dialogue.Understood",
+            key="session id",
+            owner="the recogniser stage",
+            description=f"Turns for agent {agent} with intent, confidence and entities.",
+        ),
+        signals=TopicSpec(
+            name=f"agent.{agent}.signals",
+            value_schema="switchboard.dialogue.Signal",
+            key="session id",
+            owner="people, workflows, timers, devices and other agents",
+            description=f"Agent {agent}'s inbox: everything but user turns that moves its sessions.",
+        ),
+        transitions=TopicSpec(
+            name=f"agent.{agent}.transitions",
+            value_schema="switchboard.dialogue.Transition",
+            key="session id",
+            owner=f"agent {agent}'s dialogue processor",
+            description=f"Every state change of agent {agent}'s sessions: the audit trail.",
+            retention_ms=30 * DAY_MS,
+        ),
+    )
+
 
 def get(name: str) -> TopicSpec:
-    """The declared topic called `name`; the error lists the declared ones."""
+    """The declared topic called `name` (including `agent.<name>.<kind>`); the error lists the declared ones."""
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise TopicError(f"unknown topic {name!r}; declared topics: {', '.join(sorted(_BY_NAME))}") from None
+        pass
+    match = _AGENT_TOPIC.fullmatch(name)
+    if match:
+        family = agent_topics(match.group(1))
+        return {"understood": family.understood, "signals": family.signals,
+                "transitions": family.transitions}[match.group(2)]
+    raise TopicError(f"unknown topic {name!r}; declared topics: {', '.join(sorted(_BY_NAME))} and "
+                     "agent.<agent>.understood|signals|transitions") from None

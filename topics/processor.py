@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +22,8 @@ class Processor(Protocol):
     """A pure, deterministic step: the shell decodes, calls `handle`, publishes, and only then acknowledges.
 
     Effects must carry ids derived from the input (`Event.caused`), so redelivery yields identical events that
-    readers deduplicate.
+    readers deduplicate. `handle` may be async where it must call out (a served model); it must still give the
+    same effects for the same input.
     """
 
     @property
@@ -31,7 +32,7 @@ class Processor(Protocol):
     @property
     def source(self) -> TopicSpec: ...
 
-    def handle(self, event: Event) -> Sequence[Emit]: ...
+    def handle(self, event: Event) -> Sequence[Emit] | Awaitable[Sequence[Emit]]: ...
 
 
 State = Mapping[str, Any]
@@ -43,7 +44,8 @@ class StatefulProcessor(Protocol):
 
     The shell keeps each subject's state with the offset of the last input applied to it, in one table record, so
     state and position never disagree: a redelivered input is recognised and skipped, and a restart resumes exactly.
-    State must be JSON-serialisable.
+    State must be JSON-serialisable. A processor may also have `sources`, several co-partitioned topics keyed by the
+    same subject (a dialogue agent reads its users' turns and its inbox); `source` is then the first of them.
     """
 
     @property

@@ -88,6 +88,7 @@ assert set(_ACTION_KEYS) == set(ACTION_TYPES), "every action type of the model n
 _FINAL_TYPES = ("call_workflow", "handoff", "end", "goto")
 _SETTINGS_TEXT = ("timeout_reply", "waiting_reply", "error_reply", "handoff_reply", "handoff_taken_reply",
                   "handoff_released_reply")
+_INLINE_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -289,12 +290,23 @@ class _Reader:
             return None
         return value
 
-    def regex(self, node: yaml.Node, what: str, flags: int = 0) -> re.Pattern[str] | None:
+    def regex(self, node: yaml.Node, what: str, flags: int = 0, *, words: bool = False) -> re.Pattern[str] | None:
+        """Compile a regex; with `words`, it matches whole words only (`hi` does not fire on "this").
+
+        Word edges are ASCII letters, digits and `_`: scripts written without spaces (Chinese, Japanese) match
+        anywhere, as their users expect.
+        """
         source = self.text(node, what)
         if source is None:
             return None
+        compiled = source
+        if words:
+            leading = _INLINE_FLAGS.match(source)
+            head = leading.group(0) if leading else ""
+            compiled = f"{head}(?<![A-Za-z0-9_])(?:{source[len(head):]})(?![A-Za-z0-9_])"
         try:
-            return re.compile(source, flags)
+            re.compile(source, flags)
+            return re.compile(compiled, flags)
         except re.error as exc:
             column = f" at position {exc.pos + 1}" if exc.pos is not None else ""
             self.problem(node, f"{what}: bad regular expression {source!r}: {exc.msg}{column}")
@@ -475,7 +487,7 @@ class _PolicyBuilder:
             else:
                 examples_node = value_node
             examples = [] if examples_node is None else [
-                self.r.regex(item, f"{what}: example", re.IGNORECASE)
+                self.r.regex(item, f"{what}: example", re.IGNORECASE, words=True)
                 for item in self.r.sequence(examples_node, f"{what}: examples")]
             if examples and confidence is not None and all(e is not None for e in examples):
                 result.append(IntentDefinition(self.r.at(key_node), name,
@@ -523,7 +535,7 @@ class _PolicyBuilder:
                 if given is None or len(given) != len(_KNOWLEDGE_KEYS):
                     continue
                 entry_id = self.r.name(given["id"], "knowledge entry id")
-                examples = [self.r.regex(q, "knowledge question", re.IGNORECASE)
+                examples = [self.r.regex(q, "knowledge question", re.IGNORECASE, words=True)
                             for q in self.r.sequence(given["questions"], "questions")]
                 answer = self.template(given["answer"], "knowledge answer")
                 if entry_id is None or answer is None or not examples or None in examples:
@@ -638,7 +650,7 @@ class _PolicyBuilder:
     def trigger(self, node: yaml.Node, what: str, given: dict[str, yaml.Node] | None = None) -> Trigger | None:
         r = self.r
         if given is None and isinstance(node, yaml.ScalarNode):
-            pattern = r.regex(node, what, re.IGNORECASE)
+            pattern = r.regex(node, what, re.IGNORECASE, words=True)
             return None if pattern is None else Trigger(r.at(node), pattern=pattern)
         if given is None:
             given = r.mapping(node, what, _TRIGGER_KEYS)
@@ -658,7 +670,7 @@ class _PolicyBuilder:
             min_confidence = r.number(given["min_confidence"], f"{what}: min_confidence", minimum=0, maximum=1)
         at = r.at(node)
         if kind == "regex":
-            pattern = r.regex(given["regex"], f"{what}: regex", re.IGNORECASE)
+            pattern = r.regex(given["regex"], f"{what}: regex", re.IGNORECASE, words=True)
             ok = pattern is not None
             trigger = Trigger(at, pattern=pattern, when=when)
         elif kind == "intent":

@@ -13,7 +13,6 @@ from infra.config import Settings
 from infra.embedded import checks
 from infra.embedded.components import Component, plan, run_dir, wait_ready
 from infra.embedded.process import ProcessRecord, port_owner, spawn, stop, tail
-from topics import catalog
 from topics.errors import StackError
 
 Progress = Callable[[str], None]
@@ -145,9 +144,10 @@ class EmbeddedStack:
         return record
 
     async def _create_topics(self, progress: Progress) -> None:
+        from agents.registry import declared_topics
         from infra.bus.admin import ensure_topics
 
-        outcomes = await ensure_topics(self.settings, catalog.ALL)
+        outcomes = await ensure_topics(self.settings, declared_topics())
         created = [o.spec.name for o in outcomes if o.created]
         progress(f"topics: {len(outcomes)} declared, created {', '.join(created) if created else 'none'}")
 

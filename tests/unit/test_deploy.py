@@ -310,7 +310,7 @@ def test_the_events_doc_example_decodes_real_records(tmp_path: Path, monkeypatch
     cause = _turn()
     reply = cause.caused("switchboard.dialogue.Reply", "/switchboard/streams/echo", effect="reply",
                          data={"session_id": "session-42", "agent": "echo", "text": "Grüß dich",
-                               "in_reply_to": cause.id})
+                               "in_reply_to": cause.id, "author": None})
     for event in (cause, reply):
         record = encode_event(event, AvroCodec())
         attributes, payload = decode(record.value, record.headers)

@@ -1,0 +1,1 @@
+"""The dialogue engine: policies, the pure step, recognisers."""
