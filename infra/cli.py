@@ -391,6 +391,34 @@ def policy_check(paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+# -- conversation tests --------------------------------------------------------------------------------------------
+@cli.command("test-stories")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--offline", is_flag=True, help="Run through the pure core here, without the bus or a worker.")
+@click.option("--timeout", type=float, default=20.0, show_default=True,
+              help="Seconds one step may take on the bus before it fails.")
+@click.pass_context
+def test_stories_command(ctx: click.Context, paths: tuple[Path, ...], offline: bool, timeout: float) -> None:
+    """Run conversation tests: each PATH is a stories file or an agent folder (its stories/*.yaml).
+
+    Without --offline the stories run against the running stack (`switchboard up`), each on a fresh session.
+    """
+    from agents.dialogue.stories import Agents, collect_stories, run_offline, run_on_bus
+
+    found = collect_stories(paths)
+    if offline:
+        agents = Agents()
+        results = [run_offline(story, agents) for story in found]
+    else:
+        results = _run(run_on_bus(_settings(ctx), found, timeout))
+    for result in results:
+        click.secho(result.report(), fg="green" if result.ok else "red")
+    failed = sum(not result.ok for result in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed ({'offline' if offline else 'on the bus'})")
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     import logging
 
