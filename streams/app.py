@@ -65,7 +65,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         topic_partitions=4,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_session_timeout=kafka.effective_session_timeout_ms / 1000,
         broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=kafka.effective_rebalance_timeout_ms / 1000,
         broker_request_timeout=kafka.request_timeout_ms / 1000,

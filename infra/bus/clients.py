@@ -57,7 +57,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **ov
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": kafka.effective_fetch_max_wait_ms,
-        "session_timeout_ms": kafka.session_timeout_ms,
+        "session_timeout_ms": kafka.effective_session_timeout_ms,
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "rebalance_timeout_ms": kafka.effective_rebalance_timeout_ms,
     }
