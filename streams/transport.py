@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport with the consumer's fetch wait taken from settings, and Faust's consumer fixes.
+"""Faust's aiokafka transport with the consumer's fetch wait taken from settings, Faust's consumer fixes, and
+commits that survive a broker whose storage is briefly unavailable.
 
 faust-streaming 0.15.3 hard-codes `fetch_max_wait_ms=1500` for worker consumers. On Tansu, which does not wake a
 waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The consumer also carries the fixes in
@@ -8,13 +9,25 @@ waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from time import monotonic
 from typing import Any
 
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    UnknownError,
+)
+from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams import faust_fixes
 
 DEFAULT_FETCH_MAX_WAIT_MS = 500
+# What a commit raises while the broker cannot reach its storage (Tansu on S3 with object storage down).
+_STORAGE_UNAVAILABLE = (UnknownError, RequestTimedOutError, KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError)
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -23,6 +36,28 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher; set before start.
         consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
         return consumer
+
+    async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+        """Faust's commit, except that a broker that cannot store offsets right now does not stop the worker.
+
+        Tansu keeps committed offsets on S3: while object storage is down, OffsetCommit fails with UnknownError
+        (or times out), and stock Faust crashes the worker on any commit error. The offsets stay uncommitted and
+        the next commit carries them again; until then a crash only means redelivery (at-least-once).
+        """
+        consumer = self._ensure_consumer()
+        committable = {tp: offset for tp, offset in offsets.items() if tp in self.assignment()}
+        try:
+            self.tp_last_committed_at.update({tp: monotonic() for tp in committable})
+            await consumer.commit({faust_aiokafka.ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
+                                   for tp, offset in committable.items()})
+        except _STORAGE_UNAVAILABLE as exc:
+            self.log.warning("Committing offsets failed (%r); they stay uncommitted and are committed with the "
+                             "next commit", exc)
+            return False
+        except Exception:
+            # Anything else (a rebalance, a bad state) as stock Faust handles it: commit again through it.
+            return bool(await super()._commit(offsets))
+        return True
 
     async def _highwaters(self, partitions: list[Any]) -> Any:
         settings = getattr(self.app, "switchboard_settings", None)
