@@ -1,0 +1,252 @@
+"""Loads for the Switchboard benchmarks: events offered at a fixed rate through the real bus, and an observer that
+follows their effects, so lost, duplicated and late effects can be counted.
+
+A load sends events whose effects carry the cause's id (`ce_causationid`); `Observer` reads the effect topic from
+the beginning and records, per cause, when its first effect arrived and which distinct effect ids it got. Only a
+dialogue load exists today (`DialogueLoad`: turns to the echo agent, replies back). A workflow load (issue 5) plugs
+in as another `Load`: its own input topic, effect topic and state check.
+
+Times are `time.monotonic()` in this process: the send timestamp is taken just before the send, the arrival time
+when the observer's consumer hands the effect over, so a latency is "produced -> effect consumed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiokafka.errors import KafkaError
+
+from infra.bus.clients import producer as make_producer
+from infra.bus.reading import read_topic
+from infra.config import Settings
+from topics import AvroCodec, DecodeError, Event, catalog, decode_event, encode_event
+from topics.binding import KafkaRecord
+from topics.spec import TopicSpec
+
+SEND_RETRY_S = 0.2
+
+
+@dataclass
+class Sent:
+    """One event offered by a load."""
+
+    id: str
+    key: str           # its subject (session), for the state check
+    number: int        # its position among its subject's events, from 1
+    sent_at: float     # monotonic, just before the first send attempt
+    produced_ms: int   # wall-clock ms of the first send attempt (the record's timestamp, if that attempt landed)
+    acked_at: float | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Effect:
+    """An effect as seen by the observer."""
+
+    id: str
+    cause: str
+    arrived_at: float   # monotonic
+    produced_ms: int    # the record's timestamp (set by the worker's producer)
+    text: str
+
+
+class Load(Protocol):
+    """What the benchmarks need from a kind of load."""
+
+    name: str
+    input_topic: TopicSpec
+    effect_topic: TopicSpec
+    sent: dict[str, Sent]
+    failed_attempts: int
+
+    def next_record(self, index: int) -> tuple[str, str, int, KafkaRecord]:
+        """Event `index` of the load: (event id, subject, number within the subject, record)."""
+        ...
+
+    def cause_of(self, effect: Event) -> str | None:
+        """The id of the load event `effect` answers, if it is one of ours."""
+        ...
+
+    def state_errors(self, effects: dict[str, list[Effect]]) -> list[str]:
+        """Where the processors' state disagrees with what it would be had nothing crashed."""
+        ...
+
+
+_TURN_NUMBER = re.compile(r"\(turn (\d+)\)$")
+
+
+class DialogueLoad:
+    """Dialogue turns for the echo agent, round-robin over `sessions`; the echo agent counts each session's turns,
+    so its replies show whether session state stayed exact (numbers 1..N, none missing or repeated)."""
+
+    name = "dialogue"
+    input_topic = catalog.DIALOGUE_TURNS
+    effect_topic = catalog.DIALOGUE_REPLIES
+
+    def __init__(self, sessions: int = 40, prefix: str = "bench") -> None:
+        self.sessions = sessions
+        self.prefix = prefix
+        self.codec = AvroCodec()
+        self.sent: dict[str, Sent] = {}
+        self.failed_attempts = 0
+
+    def next_record(self, index: int) -> tuple[str, str, int, KafkaRecord]:
+        session, number = f"{self.prefix}-{index % self.sessions}", index // self.sessions + 1
+        event = Event(type=self.input_topic.value_schema, source="/bench/chaos", subject=session,
+                      data={"session_id": session, "agent": "echo", "text": f"t{number}"})
+        return event.id, session, number, encode_event(event, self.codec)
+
+    def cause_of(self, effect: Event) -> str | None:
+        return effect.causationid
+
+    def state_errors(self, effects: dict[str, list[Effect]]) -> list[str]:
+        numbers: dict[str, list[int]] = defaultdict(list)
+        expected: dict[str, int] = defaultdict(int)
+        for sent in self.sent.values():
+            expected[sent.key] += 1
+        for cause, seen in effects.items():
+            turn = self.sent.get(cause)
+            if turn is None:
+                continue
+            match = _TURN_NUMBER.search(seen[0].text)
+            if match is None:
+                return [f"reply {seen[0].id} does not carry a turn number: {seen[0].text!r}"]
+            numbers[turn.key].append(int(match.group(1)))
+        errors = []
+        for session, count in sorted(expected.items()):
+            got = sorted(numbers.get(session, []))
+            if got != list(range(1, len(got) + 1)):
+                errors.append(f"{session}: turn numbers {_ranges(got)} for {count} turns")
+        return errors
+
+
+def _ranges(numbers: list[int]) -> str:
+    out: list[str] = []
+    for n in numbers:
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out) or "none"
+
+
+class Producer:
+    """Offers the load's events at `rate` per second on a fixed schedule (it catches up after a stall), each sent
+    without waiting for the previous ack and retried (same event, same id) until the broker acknowledges it."""
+
+    def __init__(self, settings: Settings, load: Load, rate: float) -> None:
+        self.settings = settings
+        self.load = load
+        self.rate = rate
+        self.index = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        producer = make_producer(self.settings, request_timeout_ms=3000, retry_backoff_ms=200)
+        await producer.start()
+        try:
+            start = time.monotonic()
+            while not stop.is_set():
+                delay = start + self.index / self.rate - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stop.is_set():
+                        break
+                event_id, key, number, record = self.load.next_record(self.index)
+                sent = Sent(event_id, key, number, time.monotonic(), int(time.time() * 1000))
+                self.load.sent[event_id] = sent
+                task = asyncio.create_task(self._send(producer, sent, record))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                self.index += 1
+                if len(self._tasks) > 20_000:  # the bus is down: stop offering more than can be retried
+                    await asyncio.sleep(0.05)
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+        finally:
+            await producer.stop()
+
+    async def _send(self, producer: object, sent: Sent, record: KafkaRecord) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        assert isinstance(producer, AIOKafkaProducer)
+        while True:
+            sent.attempts += 1
+            try:
+                await producer.send_and_wait(self.load.input_topic.name, record.value, key=record.key,
+                                             headers=record.headers)
+                sent.acked_at = time.monotonic()
+                return
+            except KafkaError:
+                self.load.failed_attempts += 1  # sent again as the same event: readers drop the duplicate
+                await asyncio.sleep(SEND_RETRY_S)
+
+
+@dataclass
+class Observer:
+    """Follows the load's effect topic from the beginning; per cause, every effect seen (redeliveries included)."""
+
+    settings: Settings
+    load: Load
+    effects: dict[str, list[Effect]] = field(default_factory=dict)   # cause -> effects in arrival order
+    first: dict[str, float] = field(default_factory=dict)             # cause -> arrival of its first effect
+    records: int = 0
+    on_effect: Callable[[Effect], None] | None = None
+
+    async def run(self) -> None:
+        codec = AvroCodec()
+        async for record in read_topic(self.settings, self.load.effect_topic.name, follow=True):
+            arrived = time.monotonic()
+            try:
+                event = decode_event(record.value, record.headers, codec)
+            except DecodeError:
+                continue
+            cause = self.load.cause_of(event)
+            if cause is None or cause not in self.load.sent:
+                continue
+            self.records += 1
+            effect = Effect(event.id, cause, arrived, record.timestamp, str(event.data.get("text", "")))
+            self.effects.setdefault(cause, []).append(effect)
+            self.first.setdefault(cause, arrived)
+            if self.on_effect is not None:
+                self.on_effect(effect)
+
+    def unanswered(self, sent_before: float) -> int:
+        """Load events sent before `sent_before` (monotonic) with no effect yet."""
+        return sum(1 for s in self.load.sent.values() if s.sent_at < sent_before and s.id not in self.first)
+
+    def duplicates(self) -> tuple[int, int]:
+        """(duplicate effects: extra distinct effect ids for one cause, redelivered duplicates: same id again)."""
+        distinct_extra = redelivered = 0
+        for seen in self.effects.values():
+            ids = {e.id for e in seen}
+            distinct_extra += len(ids) - 1
+            redelivered += len(seen) - len(ids)
+        return distinct_extra, redelivered
+
+
+async def until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
+    """Poll `check` until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(every_s)
+    return True
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of `values` (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
