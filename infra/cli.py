@@ -122,8 +122,9 @@ def down(ctx: click.Context) -> None:
 async def _worker_lag(settings: Settings) -> list[Any] | None:
     from infra.bus.lag import group_lag
     from streams.app import default_processors
+    from streams.shell import sources_of
 
-    inputs = sorted({processor.source.name for processor in default_processors()})
+    inputs = sorted({spec.name for processor in default_processors() for spec in sources_of(processor)})
     try:
         return await group_lag(settings, settings.workers.app_id, inputs)
     except Exception:  # lag is informative; status must still answer when the bus does not

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from infra.testing import free_port_block
+from streams.app import default_processors
+from streams.shell import sources_of
 
 pytestmark = pytest.mark.integration
 SWITCHBOARD = [sys.executable, "-m", "infra.cli"]
@@ -64,7 +66,9 @@ def test_topics_and_status(cli_env: dict[str, str]) -> None:
     assert set(parts) == {"seaweedfs", "tansu", "mqtt", "worker-0"}
     assert all(s["running"] and s["healthy"] for s in parts.values())
     lag = {(p["topic"], p["partition"]): p for p in report["lag"]}
-    assert set(lag) == {("dialogue.turns", p) for p in range(4)}
+    inputs = {spec.name for processor in default_processors() for spec in sources_of(processor)}
+    assert {"dialogue.turns", "agent.customer_service.understood", "agent.customer_service.signals"} <= inputs
+    assert set(lag) == {(topic, p) for topic in inputs for p in range(4)}
     assert all(p["lag"] >= 0 and p["end"] >= (p["committed"] or 0) for p in lag.values())
 
 
