@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from topics import catalog
@@ -48,11 +48,15 @@ class InlineWorkflowRunner:
     name = "workflows-inline"
     source = catalog.WORKFLOW_REQUESTS
 
-    def __init__(self, functions: Mapping[str, WorkflowFunction]) -> None:
+    def __init__(self, functions: Mapping[str, WorkflowFunction], *, others: Collection[str] = ()) -> None:
         self.functions = dict(functions)
+        #: Workflows the workflow engine (agents/workflows) runs: their requests are left to it.
+        self.others = frozenset(others)
 
     def handle(self, event: Event) -> Sequence[Emit]:
         request = event.data
+        if request["workflow"] in self.others:
+            return ()
         try:
             payload = json.loads(request["input"] or "{}")
         except ValueError as exc:
