@@ -1,0 +1,265 @@
+"""Ray and the Switchboard application on it: start a local Ray (127.0.0.1 only) or join a cluster by address,
+deploy the models, find their handles from another process.
+
+Embedded (no `serving.ray_address`): `switchboard serve` starts Ray inside its own process, bound to 127.0.0.1,
+without dashboard or HTTP proxy (callers use deployment handles), and writes the address to
+`<data_dir>/run/serving.address` for the workers; the local Ray lives as long as that process. With
+`serving.ray_address` the same code deploys to the cluster and returns: the application stays on the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import importlib
+import io
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from infra.config import Settings
+from serving.errors import ServingUnavailableError, missing
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+NAMESPACE = "switchboard"
+ADDRESS_FILE = "serving.address"
+TOKEN_FILE = "serving.token"
+CONNECT_TIMEOUT_S = 30.0  # `switchboard serve` gives up on an unreachable cluster after this long
+INTENTS_SUFFIX = "intents"
+KNOWLEDGE_SUFFIX = "knowledge"
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def app_names(settings: Settings) -> tuple[str, str]:
+    """The Ray Serve application names of the intents and knowledge deployments."""
+    return f"{settings.serving.app_name}-{INTENTS_SUFFIX}", f"{settings.serving.app_name}-{KNOWLEDGE_SUFFIX}"
+
+
+def address_file(settings: Settings) -> Path:
+    return settings.data_dir / "run" / ADDRESS_FILE
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.data_dir / "run" / TOKEN_FILE
+
+
+def use_local_token(settings: Settings, *, create: bool = False) -> None:
+    """Ray's token authentication for the local Ray, with a token of this data directory (mode 0600) rather than
+    the user-wide ~/.ray/auth_token, which other Ray clusters on the machine may replace. Call before `ray.init`."""
+    path = token_file(settings)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    if "ray" in sys.modules:  # Ray read its configuration when imported: make it read the variables again
+        try:
+            raylet = importlib.import_module("ray._raylet")
+            raylet.Config.initialize("")
+            raylet.AuthenticationTokenLoader.instance().reset_cache()
+        except (ImportError, AttributeError):  # another Ray version: import Ray after this call instead
+            pass
+
+
+def import_ray(*, local: bool = False) -> Any:
+    """`ray`, with a clear error when it is missing. `local`: keep every Ray server on 127.0.0.1 (must be set
+    before Ray is first imported in this process)."""
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+        from ray import serve  # noqa: F401 - fails early when the [serve] extra is missing
+    except ImportError as exc:
+        raise missing("ray[serve]", exc) from None
+    return ray
+
+
+def resolve_address(settings: Settings) -> str:
+    """The Ray address a worker connects to: `serving.ray_address`, else the one `switchboard serve` recorded."""
+    if settings.serving.ray_address:
+        return settings.serving.ray_address
+    path = address_file(settings)
+    try:
+        address = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        address = ""
+    if not address:
+        raise ServingUnavailableError(f"no model server is running for {settings.data_dir} (no {path}); start it "
+                                      "with `switchboard serve` (or `switchboard up` with serving.enabled=true), or "
+                                      "set serving.ray_address to a Ray cluster")
+    use_local_token(settings)
+    return address
+
+
+def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
+    """Start Ray in this process on 127.0.0.1 (no dashboard); returns its GCS address."""
+    use_local_token(settings, create=True)
+    ray = import_ray(local=True)
+    _enable_faulthandler()
+    needed = 2 * settings.serving.replicas * settings.serving.replica_cpus
+    num_cpus = max(os.cpu_count() or 1, int(needed + 0.999)) if cpus is None else cpus
+    try:
+        context = ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                           log_to_driver=False, namespace=NAMESPACE, configure_logging=False)
+    except Exception as exc:  # Ray raises plain RuntimeErrors and ConnectionErrors here
+        raise ServingUnavailableError(f"Ray could not start: {type(exc).__name__}: {exc}; check free memory and "
+                                      "/tmp space (Ray keeps its session files in /tmp/ray), or point "
+                                      "serving.ray_address at a running cluster") from None
+    return str(context.address_info["gcs_address"])
+
+
+def _enable_faulthandler() -> None:
+    """Ray enables faulthandler on `sys.stderr`; in a Faust worker that is mode's log proxy, which has no file
+    descriptor, and `ray.init` fails with NotImplementedError. Enable it on the process's real stderr first."""
+    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
+        with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
+            faulthandler.enable(file=sys.__stderr__, all_threads=False)
+
+
+def in_daemon_thread(function: Callable[[], T], timeout_s: float, what: str) -> T:
+    """`function()` in a daemon thread, waited for at most `timeout_s` (Ray retries an unreachable address for
+    minutes; a daemon thread left behind does not keep the process from exiting)."""
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name="switchboard-ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise ServingUnavailableError(f"{what} did not answer within {timeout_s:g}s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
+#: How long a Ray client process keeps trying to reach a GCS that went away. Ray's default (60 s) then *exits the
+#: process*: a worker must outlive a model server that stops, and fall back meanwhile.
+CLIENT_GCS_RECONNECT_S = 10 * 365 * 24 * 3600
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+_connected_to: list[str] = []  # the address this process joined (Ray allows one per process)
+
+
+def _client_config() -> None:
+    os.environ[GCS_RECONNECT_ENV] = str(CLIENT_GCS_RECONNECT_S)
+    if "ray" in sys.modules:  # Ray read its configuration when imported: make it read the variables again
+        with contextlib.suppress(ImportError, AttributeError):
+            importlib.import_module("ray._raylet").Config.initialize("")
+
+
+def connect(address: str, timeout_s: float | None = None) -> None:
+    """Join the Ray cluster at `address` as a client of its deployments (idempotent in a process; a different
+    address leaves the old cluster first, e.g. after `switchboard serve` restarted); with `timeout_s`, give up
+    after that long."""
+    ray = import_ray(local=address.startswith(("127.0.0.1", "localhost")))
+    if ray.is_initialized():
+        if not _connected_to or _connected_to[-1] == address:
+            return
+        log.info("Ray moved from %s to %s: reconnecting", _connected_to[-1], address)
+        ray.shutdown()
+        # Serve caches its controller per job id, and the new cluster numbers jobs from 1 again: forget it.
+        with contextlib.suppress(ImportError, AttributeError):
+            importlib.import_module("ray.serve.context")._set_global_client(None)
+    _client_config()
+    _enable_faulthandler()
+
+    def init() -> None:
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+            _connected_to.append(address)
+        except Exception as exc:
+            log.debug("ray.init(address=%r) failed", address, exc_info=True)
+            raise ServingUnavailableError(f"cannot reach Ray at {address}: {type(exc).__name__}: {exc}; is "
+                                          "`switchboard serve` (or the Ray cluster) running?") from None
+
+    if timeout_s is None:
+        init()
+    else:
+        in_daemon_thread(init, timeout_s, f"Ray at {address} (is the address right and the cluster up?)")
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What `deploy` started: application names, seconds it took, and each deployment's `info()`."""
+
+    apps: tuple[str, ...]
+    seconds: float
+    info: dict[str, Any]
+
+
+def deploy(settings: Settings, training: dict[str, Any], knowledge: dict[str, Any] | None,
+           progress: Progress = _noop) -> Deployed:
+    """Deploy the intents (and, with `knowledge`, the knowledge) application on the Ray this process joined;
+    returns once every replica is ready."""
+    import_ray()
+    from ray import serve
+
+    from serving.deployments import intents_app, knowledge_app
+
+    started = time.perf_counter()
+    serve.start(proxy_location="Disabled")  # callers use deployment handles; no HTTP port is opened
+    intents_name, knowledge_name = app_names(settings)
+    apps = [(intents_name, intents_app(settings.serving, training))]
+    if knowledge:
+        apps.append((knowledge_name, knowledge_app(settings.serving, knowledge)))
+    info: dict[str, Any] = {}
+    for name, app in apps:
+        progress(f"{name}: deploying")
+        try:
+            handle = serve.run(app, name=name, route_prefix=None)
+            info[name] = _blocking_result(handle.info.remote(), settings.serving.start_timeout_s)
+        except Exception as exc:
+            raise ServingUnavailableError(f"deploying {name} failed: {type(exc).__name__}: {exc}") from None
+        progress(f"{name}: ready ({info[name]['model']}, loaded in {info[name]['load_s']}s)")
+    return Deployed(tuple(name for name, _ in apps), time.perf_counter() - started, info)
+
+
+def _blocking_result(response: Any, timeout_s: float) -> Any:
+    """A DeploymentResponse's result, also from a thread that runs an event loop (Ray refuses `.result()` there)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(response.result, timeout_s=timeout_s).result()
+
+
+def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
+    """The deployment handle of `intents` or `knowledge` (this process must have joined Ray: `connect`)."""
+    import_ray()
+    from ray import serve
+
+    from serving.deployments import INTENTS, KNOWLEDGE
+
+    intents_name, knowledge_name = app_names(settings)
+    app, deployment = (intents_name, INTENTS) if which == INTENTS_SUFFIX else (knowledge_name, KNOWLEDGE)
+    try:
+        return serve.get_deployment_handle(deployment, app_name=app)
+    except Exception as exc:
+        raise ServingUnavailableError(f"the application {app} is not deployed on this Ray ({exc}); run "
+                                      "`switchboard serve`") from None
+
+
+def shutdown(settings: Settings) -> None:
+    """Leave Ray (the applications stay deployed on a cluster)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        ray.shutdown()
