@@ -342,14 +342,12 @@ def run_all(bootstrap: str, clients: list[str], messages: int, samples: int) -> 
 # -- throwaway buses ---------------------------------------------------------------------------------------------
 async def _with_embedded_stack(work: Callable[[str], list[Figure]]) -> list[Figure]:
     """The project's embedded stack (Tansu on SeaweedFS S3, as `switchboard up` runs it), on free ports."""
-    from infra.testing import embedded_settings, running_stack
+    from bench.loads import throwaway_stack
 
-    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
-        settings = embedded_settings(Path(tmp), workers={"count": 0})
-        async with running_stack(settings=settings):
-            print(f"embedded stack up: Tansu at {settings.bootstrap_servers}, log on SeaweedFS S3 "
-                  f"{settings.s3_endpoint}", flush=True)
-            return await asyncio.to_thread(work, settings.bootstrap_servers)
+    async with throwaway_stack("sb-bench-", workers=0) as settings:
+        print(f"embedded stack up: Tansu at {settings.bootstrap_servers}, log on SeaweedFS S3 "
+              f"{settings.s3_endpoint}", flush=True)
+        return await asyncio.to_thread(work, settings.bootstrap_servers)
 
 
 @contextlib.contextmanager

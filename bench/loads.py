@@ -15,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from infra.bus.clients import producer as make_producer
 from infra.bus.reading import read_topic
 from infra.config import Settings
+from infra.testing import embedded_settings, running_stack
 from topics import AvroCodec, DecodeError, Event, catalog, decode_event, encode_event
 from topics.binding import KafkaRecord
 from topics.spec import TopicSpec
@@ -149,7 +153,7 @@ class Producer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        producer = make_producer(self.settings, request_timeout_ms=3000, retry_backoff_ms=200)
+        producer = load_producer(self.settings)
         await producer.start()
         try:
             start = time.monotonic()
@@ -174,20 +178,27 @@ class Producer:
         finally:
             await producer.stop()
 
-    async def _send(self, producer: object, sent: Sent, record: KafkaRecord) -> None:
-        from aiokafka import AIOKafkaProducer
+    async def _send(self, producer: AIOKafkaProducer, sent: Sent, record: KafkaRecord) -> None:
+        await send_until_acked(producer, self.load, sent, record)
 
-        assert isinstance(producer, AIOKafkaProducer)
-        while True:
-            sent.attempts += 1
-            try:
-                await producer.send_and_wait(self.load.input_topic.name, record.value, key=record.key,
-                                             headers=record.headers)
-                sent.acked_at = time.monotonic()
-                return
-            except KafkaError:
-                self.load.failed_attempts += 1  # sent again as the same event: readers drop the duplicate
-                await asyncio.sleep(SEND_RETRY_S)
+
+def load_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer loads send with: a short request timeout, so a send to a dead broker fails and is retried."""
+    return make_producer(settings, request_timeout_ms=3000, retry_backoff_ms=200)
+
+
+async def send_until_acked(producer: AIOKafkaProducer, load: Load, sent: Sent, record: KafkaRecord) -> None:
+    """Send one event of `load` to its input topic, again and again (same event, same id) until the broker
+    acknowledges it; `sent` records the attempts and the time of the acknowledgement."""
+    while True:
+        sent.attempts += 1
+        try:
+            await producer.send_and_wait(load.input_topic.name, record.value, key=record.key, headers=record.headers)
+            sent.acked_at = time.monotonic()
+            return
+        except KafkaError:
+            load.failed_attempts += 1  # sent again as the same event: readers drop the duplicate
+            await asyncio.sleep(SEND_RETRY_S)
 
 
 @dataclass
@@ -250,3 +261,29 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How a set of latencies spreads: nearest-rank percentiles and the maximum (NaN when there are none)."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(percentile(values, 50), percentile(values, 90), percentile(values, 99),
+                   max(values, default=float("nan")))
+
+
+@contextlib.asynccontextmanager
+async def throwaway_stack(prefix: str, workers: int, **overrides: Any) -> AsyncIterator[Settings]:
+    """A fresh embedded stack (SeaweedFS, Tansu on its S3, `workers` Faust workers) on free ports in a temporary
+    directory; every process is stopped and the directory removed afterwards, whatever happens. `overrides` are
+    settings sections (`kafka={"bootstrap_servers": ...}` uses that bus instead of starting Tansu)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        settings = embedded_settings(Path(tmp), workers={"count": workers}, **overrides)
+        async with running_stack(settings=settings):
+            yield settings

@@ -16,13 +16,11 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.loads import DialogueLoad, Observer, Producer, percentile, until
-from infra.testing import embedded_settings, running_stack
+from bench.loads import DialogueLoad, Observer, Producer, percentile, throwaway_stack, until
 
 WARMUP_S = 3.0
 
@@ -54,25 +52,23 @@ class LatencyReport:
 
 
 async def run(args: argparse.Namespace) -> LatencyReport:
-    with tempfile.TemporaryDirectory(prefix="switchboard-latency-") as tmp:
-        settings = embedded_settings(Path(tmp), workers={"count": args.workers})
-        async with running_stack(settings=settings):
-            load = DialogueLoad(prefix="latency")
-            observer = Observer(settings, load)
-            producer = Producer(settings, load, args.rate)
-            stop = asyncio.Event()
-            watching = asyncio.create_task(observer.run())
-            producing = asyncio.create_task(producer.run(stop))
-            await asyncio.sleep(WARMUP_S)  # first fetches, first joins of the reader: not measured
-            window_start = time.monotonic()
-            await asyncio.sleep(args.seconds)
-            window_end = time.monotonic()
-            stop.set()
-            await producing
-            measured = [s for s in load.sent.values() if window_start <= s.sent_at < window_end]
-            await until(lambda: all(s.id in observer.first for s in measured), args.drain_timeout_s)
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+    async with throwaway_stack("switchboard-latency-", args.workers) as settings:
+        load = DialogueLoad(prefix="latency")
+        observer = Observer(settings, load)
+        producer = Producer(settings, load, args.rate)
+        stop = asyncio.Event()
+        watching = asyncio.create_task(observer.run())
+        producing = asyncio.create_task(producer.run(stop))
+        await asyncio.sleep(WARMUP_S)  # first fetches, first joins of the reader: not measured
+        window_start = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        window_end = time.monotonic()
+        stop.set()
+        await producing
+        measured = [s for s in load.sent.values() if window_start <= s.sent_at < window_end]
+        await until(lambda: all(s.id in observer.first for s in measured), args.drain_timeout_s)
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
     latencies, inbound, outbound = [], [], []
     for sent in measured:
         if sent.id not in observer.first:

@@ -1,0 +1,26 @@
+"""The dialogue benchmark's scripts expect what the agents really answer (checked through the pure core, no bus), so
+a wrong answer counted by `python -m bench.dialogue_turns` is the bus's doing, not the script's."""
+
+from __future__ import annotations
+
+from agents.dialogue.stories import Expected, Story, StoryStep, run_offline
+from bench.dialogue_turns import CONVERSATION, customer_service_turn, echo_turn
+
+
+def test_customer_service_conversation_repeats_with_the_expected_replies() -> None:
+    turns = [customer_service_turn(index) for index in range(3 * len(CONVERSATION))]
+    steps = tuple(StoryStep("bench", index + 1, "user", text=turn.text, replies=(Expected(text=turn.reply),))
+                  for index, turn in enumerate(turns))
+    result = run_offline(Story("bench conversation, three times", "customer_service", "bench", 1, steps))
+    assert result.ok, result.report()
+
+
+def test_the_conversation_covers_every_kind_of_turn() -> None:
+    assert {turn.kind for turn in CONVERSATION} == {"greeting", "faq", "form: ask", "form: fill + workflow",
+                                                   "fallback", "workflow", "goodbye"}
+
+
+def test_echo_script_counts_turns() -> None:
+    assert echo_turn(0).reply.startswith("Hello!")
+    assert echo_turn(1).reply == "You said: message 2 (turn 2)"
+    assert echo_turn(10).reply == "Hello again! This is turn 11 of our conversation."
