@@ -1,4 +1,5 @@
-"""Which agents exist: every folder under `agents/` with a `policy.yaml` is a dialogue agent.
+"""Which agents exist: every folder with a `policy.yaml` under `agents/` (and under the deployment's extra agent
+folders, `workers.agent_dirs`) is a dialogue agent.
 
 An agent folder may also be a Python package whose `WORKFLOWS` maps workflow names to functions (run inline until
 the workflow engine lands). Loading validates every policy up front, so a worker never starts with a broken one.
@@ -7,13 +8,18 @@ the workflow engine lands). Loading validates every policy up front, so a worker
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.dialogue.errors import DialogueError
 from agents.dialogue.loader import discover_policies, load_policy
 from agents.dialogue.model import Policy
+from agents.dialogue.recognise import Recogniser
 from agents.inline_workflows import WorkflowFunction
+from infra.config import Settings
 from topics import catalog
 from topics.processor import Processor, StatefulProcessor
 from topics.spec import TopicSpec
@@ -38,27 +44,72 @@ class AgentPackage:
 
 def load_agent(folder: Path) -> AgentPackage:
     policy = load_policy(folder / "policy.yaml")
-    workflows: dict[str, WorkflowFunction] = {}
-    if (folder / "__init__.py").exists() and folder.parent == AGENTS_DIR:
+    return AgentPackage(policy, folder, _workflows_of(folder))
+
+
+def _workflows_of(folder: Path) -> dict[str, WorkflowFunction]:
+    """The `WORKFLOWS` of an agent folder that is a Python package (built in, or from an extra agent folder)."""
+    init = folder / "__init__.py"
+    if not init.exists():
+        return {}
+    if folder.parent == AGENTS_DIR:
         module = importlib.import_module(f"agents.{folder.name}")
-        workflows = dict(getattr(module, "WORKFLOWS", {}))
-    return AgentPackage(policy, folder, workflows)
+    else:
+        name = f"switchboard_agent_{folder.name}"
+        module = sys.modules.get(name)  # type: ignore[assignment]
+        if module is None or getattr(module, "__file__", None) != str(init):
+            spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+            if spec is None or spec.loader is None:  # pragma: no cover - a file location always has a loader
+                raise DialogueError(f"cannot import {init}; check that it is a Python file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    return dict(getattr(module, "WORKFLOWS", {}))
 
 
-def discover_agents(root: Path = AGENTS_DIR) -> list[AgentPackage]:
-    """Every dialogue agent under `root`, sorted by folder; raises PolicyError listing every problem."""
-    return [load_agent(path.parent) for path in discover_policies(root)]
+def agent_roots(settings: Settings | None = None) -> tuple[Path, ...]:
+    """The folders that hold agents: the built-in `agents/`, then the deployment's `workers.agent_dirs`."""
+    extra = tuple(settings.workers.agent_dirs) if settings is not None else ()
+    return (AGENTS_DIR, *(Path(root) for root in extra if Path(root).resolve() != AGENTS_DIR))
 
 
-def declared_topics(agents: list[AgentPackage] | None = None) -> tuple[TopicSpec, ...]:
+def discover_agents(*roots: Path) -> list[AgentPackage]:
+    """Every dialogue agent under `roots` (default: the built-in `agents/`); raises PolicyError listing every problem,
+    and DialogueError when two folders declare the same agent."""
+    found: list[AgentPackage] = []
+    seen: dict[str, Path] = {}
+    for root in roots or (AGENTS_DIR,):
+        if not Path(root).is_dir():
+            raise DialogueError(f"agent folder {root} does not exist; fix workers.agent_dirs "
+                                "(SWITCHBOARD_WORKERS__AGENT_DIRS)")
+        for path in discover_policies(root):
+            agent = load_agent(path.parent)
+            if agent.name in seen:
+                raise DialogueError(f"agent {agent.name!r} is declared twice, in {seen[agent.name]} and "
+                                    f"{agent.folder}; rename one (the policy's `agent:`) or remove it")
+            seen[agent.name] = agent.folder
+            found.append(agent)
+    return found
+
+
+def deployment_agents(settings: Settings | None = None) -> list[AgentPackage]:
+    """The agents a deployment runs: built-in ones and those in its extra agent folders."""
+    return discover_agents(*agent_roots(settings))
+
+
+def declared_topics(agents: Sequence[AgentPackage] | None = None) -> tuple[TopicSpec, ...]:
     """Every topic Switchboard uses: the catalog's, and each dialogue agent's own."""
     found = discover_agents() if agents is None else agents
     return catalog.ALL + tuple(spec for agent in found for spec in catalog.agent_topics(agent.name).all)
 
 
-def dialogue_processors(agents: list[AgentPackage] | None = None) -> list[Processor | StatefulProcessor]:
+def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
+                        engine_workflows: Collection[str] = (),
+                        recognisers: Mapping[str, Recogniser] | None = None) -> list[Processor | StatefulProcessor]:
     """The processors that run the dialogue agents: the recogniser stage, one processor per agent, and the inline
-    workflows the agents ship."""
+    workflows the agents ship (requests for `engine_workflows` are left to the workflow engine).
+
+    `recognisers` (agent -> recogniser) replaces the keyword recognisers, e.g. with served ones (serving/)."""
     from agents.dialogue.processor import DialogueAgent, RecogniserStage, keyword_recognisers
     from agents.inline_workflows import InlineWorkflowRunner
 
@@ -72,7 +123,12 @@ def dialogue_processors(agents: list[AgentPackage] | None = None) -> list[Proces
                                     "rename one of them")
             workflows[name] = function
     processors: list[Processor | StatefulProcessor] = [
-        RecogniserStage(keyword_recognisers(policies), others=PYTHON_AGENTS)]
+        RecogniserStage(keyword_recognisers(policies) if recognisers is None else recognisers,
+                        others=PYTHON_AGENTS)]
     processors.extend(DialogueAgent(policy) for policy in policies)
-    processors.append(InlineWorkflowRunner(workflows))
+    clash = sorted(set(workflows) & set(engine_workflows))
+    if clash:
+        raise DialogueError(f"workflow(s) {', '.join(clash)} are both an agent's inline function (WORKFLOWS) and a "
+                            "workflow-engine definition; rename or remove one of each")
+    processors.append(InlineWorkflowRunner(workflows, others=engine_workflows))
     return processors

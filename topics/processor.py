@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from topics.event import Event
@@ -57,3 +58,16 @@ class StatefulProcessor(Protocol):
     def initial(self, subject: str) -> State: ...
 
     def step(self, state: State, event: Event) -> tuple[State, Sequence[Emit]]: ...
+
+
+@runtime_checkable
+class Sweeping(Protocol):
+    """A stateful processor whose subjects can fall due without an input: an idle session's deadline.
+
+    The shell calls `sweep` every so often for each subject held by this worker; what it returns is published like
+    any effect. The events should go to one of the processor's own sources (its inbox), so the state change itself
+    is an ordinary, replayable step; ids should be deterministic per deadline, and the step should ignore an event
+    that is no longer due, because a sweep may run again before the first one was applied.
+    """
+
+    def sweep(self, subject: str, state: State, now: datetime) -> Sequence[Emit]: ...

@@ -11,6 +11,10 @@ Session state is a JSON-serialisable dict (see `initial_state`); it is never mut
 A policy error at run time (a condition that cannot be evaluated, a jump loop) does not stop the session: the step
 is discarded, the user hears the policy's error reply, the session returns to idle, and the transition records the
 error with the policy file and line.
+
+An event-triggered dialogue (a trigger `{event: ...}`) that arrives while the session waits for a slot value, a listen
+route or a workflow does not abandon the waiting dialogue: that one is set aside (`state["suspended"]`, a stack) and
+the session goes back to it, where it waited, when the dialogue on top is done. See docs/policies.md.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -63,6 +67,8 @@ STATE_VERSION = 1
 
 ACTIVE, PARKED, ENDED = "active", "parked", "ended"
 IDLE = "idle"
+#: Dialogues set aside by event-triggered ones, at most; beyond it the oldest is dropped.
+SUSPEND_LIMIT = 3
 
 
 class PolicyRuntimeError(DialogueError):
@@ -91,6 +97,9 @@ def initial_state(session_id: str = "") -> dict[str, Any]:
         "handoff": None,  # {"reason": ..., "person": ...} while parked
         "workflow": None,  # the last workflow result: {"workflow", "status", "output", "error"}
         "last_turn": None,  # id of the user's last turn, which later replies (after a workflow, a person) answer
+        # Dialogues an event-triggered dialogue set aside while they waited, innermost last:
+        # [{"flow", "node", "await", "event", "result"?}]; "result" is a workflow result that came meanwhile.
+        "suspended": [],
     }
 
 
@@ -106,6 +115,14 @@ def step(state: Mapping[str, Any] | None, event: Event, policy: Policy) -> tuple
     return run.state, run.effects
 
 
+def idle_deadline(state: Mapping[str, Any] | None, policy: Policy) -> datetime | None:
+    """When an active session falls idle: its last turn plus the policy's `session_timeout_s`; None for a session
+    that is parked with a person, ended, or has not started. A `timeout` signal at or after it ends the session."""
+    if not state or state.get("status") != ACTIVE or not state.get("last_at"):
+        return None
+    return datetime.fromisoformat(str(state["last_at"])) + timedelta(seconds=policy.settings.session_timeout_s)
+
+
 @lru_cache(maxsize=256)
 def _setting_template(text: str) -> Template:
     return compile_template(text)
@@ -117,6 +134,7 @@ class _Step:
     def __init__(self, policy: Policy, state: dict[str, Any], event: Event) -> None:
         self.policy = policy
         self.state = state
+        state.setdefault("suspended", [])  # a state stored before set-aside dialogues existed
         self.event = event
         self.effects: list[Effect] = []
         self.jumps = 0
@@ -164,7 +182,7 @@ class _Step:
             self.remember("user", self.text or "")
             self.touch()
         before = self.label()
-        self.state.update(flow=None, node=None, **{"await": None})
+        self.state.update(flow=None, node=None, suspended=[], **{"await": None})
         self.reply(self.policy.settings.error_reply)
         self.effects.append(RecordTransition(before, self.label(), f"error: {exc}"))
 
@@ -184,7 +202,7 @@ class _Step:
         waiting = st["await"]
         if waiting and waiting["kind"] == "workflow":
             if not self.try_dialogues(interrupts_only=True):
-                self.reply(self.policy.settings.waiting_reply)
+                self.reply(self.render_setting(self.policy.settings.waiting_reply))
             return
         if waiting and waiting["kind"] == "slot":
             if not self.try_dialogues(interrupts_only=True):
@@ -204,6 +222,7 @@ class _Step:
             st["status"] = PARKED
             st["handoff"] = {"reason": "taken over by a person", "person": person}
             st["await"] = None
+            st["suspended"] = []
         else:
             st["handoff"] = {**(st["handoff"] or {}), "person": person}
         self.touch()
@@ -241,15 +260,30 @@ class _Step:
     def on_workflow_result(self) -> None:
         st = self.state
         waiting = st["await"]
-        if not waiting or waiting["kind"] != "workflow" or waiting["run_id"] != self.payload.get("run_id"):
-            self.effects.append(RecordTransition(self.label(), self.label(),
-                                                 f"ignored a result of workflow {self.data.get('name')} run "
-                                                 f"{self.payload.get('run_id')}: not waited for"))
+        run_id = self.payload.get("run_id")
+        if waiting and waiting["kind"] == "workflow" and waiting["run_id"] == run_id:
+            self.apply_workflow_result(waiting, self.payload)
             return
-        status = str(self.payload.get("status") or "failed")
-        output = self.payload.get("output")
+        for entry in reversed(self.suspended):
+            aside = entry.get("await") or {}
+            if aside.get("kind") == "workflow" and aside.get("run_id") == run_id and "result" not in entry:
+                # The waiting dialogue was set aside by an event: keep the result until the session goes back to it.
+                entry["result"] = {key: self.payload.get(key) for key in ("status", "output", "error")}
+                self.effects.append(RecordTransition(self.label(), self.label(),
+                                                     f"kept the result of workflow {aside.get('workflow')} for "
+                                                     f"{entry['flow']}/{entry['node']}, set aside"))
+                return
+        self.effects.append(RecordTransition(self.label(), self.label(),
+                                             f"ignored a result of workflow {self.data.get('name')} run "
+                                             f"{run_id}: not waited for"))
+
+    def apply_workflow_result(self, waiting: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """The workflow the session waits for (at its current node) has finished: go on from that node."""
+        st = self.state
+        status = str(result.get("status") or "failed")
+        output = result.get("output")
         st["workflow"] = {"workflow": waiting["workflow"], "status": status, "output": output,
-                          "error": self.payload.get("error")}
+                          "error": result.get("error")}
         st["await"] = None
         dialogue, node = self.current()
         if status == "succeeded":
@@ -259,13 +293,13 @@ class _Step:
             self.follow(dialogue, waiting["on_error"], f"workflow {waiting['workflow']} {status}")
         else:
             self.reply(self.policy.settings.error_reply)
-            self.finish(f"workflow {waiting['workflow']} {status}: {self.payload.get('error')}")
+            self.finish(f"workflow {waiting['workflow']} {status}: {result.get('error')}")
 
     def on_timeout(self) -> None:
         if self.state["status"] != ACTIVE or not self.idle_expired():
             return  # activity since the timer fired, or nothing to close
         if self.policy.settings.timeout_reply:
-            self.reply(self.policy.settings.timeout_reply)
+            self.reply(self.render_setting(self.policy.settings.timeout_reply))
         self.end("idle timeout")
 
     def on_event(self) -> None:
@@ -276,11 +310,21 @@ class _Step:
             return
         if st["status"] == ENDED:
             self.restart()
-        if st["await"] and st["await"]["kind"] == "listen" and self.try_listen():
+        waiting = st["await"]
+        if waiting and waiting["kind"] == "listen" and self.try_listen():
             return
-        if not self.try_dialogues(interrupts_only=False):
-            self.effects.append(RecordTransition(self.label(), self.label(),
-                                                 f"event {self.data.get('name')} matched no trigger"))
+        # A dialogue waiting for the user (or a workflow) is set aside, not abandoned: the session goes back to it
+        # when the event's dialogue is done (`finish`).
+        set_aside = bool(st["flow"] and waiting)
+        if set_aside:
+            self.set_aside()
+        if self.try_dialogues(interrupts_only=False):
+            self.trim_suspended()
+            return
+        if set_aside:
+            self.suspended.pop()
+        self.effects.append(RecordTransition(self.label(), self.label(),
+                                             f"event {self.data.get('name')} matched no trigger"))
 
     # --- matching -------------------------------------------------------------------------------------------------
 
@@ -357,6 +401,9 @@ class _Step:
             raise PolicyRuntimeError(node.at, f"more than {self.policy.settings.max_jumps} jumps for one event: "
                                               f"the policy loops (last at node {dialogue.id}/{node.id})")
         st = self.state
+        if any(entry["flow"] == dialogue.id for entry in self.suspended):
+            # Entering a dialogue that was set aside replaces the set-aside copy: the session never goes back to it.
+            st["suspended"] = [entry for entry in self.suspended if entry["flow"] != dialogue.id]
         before = self.label()
         st.update(flow=dialogue.id, node=node.id, **{"await": None})
         self.effects.append(RecordTransition(before, self.label(), reason))
@@ -378,15 +425,65 @@ class _Step:
         self.after_form(dialogue, node)
 
     def finish(self, reason: str) -> None:
-        """The dialogue is over; the session waits for the next trigger."""
+        """The dialogue is over; the session goes back to a dialogue an event set aside, or waits for the next
+        trigger."""
         before = self.label()
         self.state.update(flow=None, node=None, **{"await": None})
         self.effects.append(RecordTransition(before, self.label(), reason))
+        self.resume()
 
     def end(self, reason: str) -> None:
         before = self.label()
-        self.state.update(status=ENDED, flow=None, node=None, handoff=None, **{"await": None})
+        self.state.update(status=ENDED, flow=None, node=None, handoff=None, suspended=[], **{"await": None})
         self.effects.append(RecordTransition(before, self.label(), reason))
+
+    # --- dialogues set aside by events ----------------------------------------------------------------------------
+
+    @property
+    def suspended(self) -> list[dict[str, Any]]:
+        """The dialogues set aside, innermost last."""
+        stack: list[dict[str, Any]] = self.state["suspended"]
+        return stack
+
+    def set_aside(self) -> None:
+        """Put the waiting dialogue aside for an event's dialogue."""
+        st = self.state
+        self.suspended.append({"flow": st["flow"], "node": st["node"], "await": copy.deepcopy(st["await"]),
+                               "event": self.data.get("name")})
+
+    def trim_suspended(self) -> None:
+        """Keep at most `SUSPEND_LIMIT` set-aside dialogues: the oldest beyond it are dropped."""
+        stack = self.suspended
+        while len(stack) > SUSPEND_LIMIT:
+            dropped = stack.pop(0)
+            self.effects.append(RecordTransition(self.label(), self.label(),
+                                                 f"dropped {dropped['flow']}/{dropped['node']}: more than "
+                                                 f"{SUSPEND_LIMIT} dialogues set aside"))
+
+    def resume(self) -> None:
+        """The session is idle: go back to the innermost set-aside dialogue, waiting where it waited (no re-prompt).
+
+        A workflow result that arrived while it was set aside is applied now.
+        """
+        st = self.state
+        stack = self.suspended
+        if st["status"] != ACTIVE or st["flow"] is not None or not stack:
+            return
+        entry = stack.pop()
+        dialogue = self.policy.dialogue(entry["flow"])
+        node = dialogue.node(entry["node"]) if dialogue else None
+        before = self.label()
+        if dialogue is None or node is None or not entry.get("await"):
+            self.effects.append(RecordTransition(before, before, f"could not go back to {entry['flow']}/"
+                                                                 f"{entry['node']}: the policy (version "
+                                                                 f"{self.policy.version}) does not have it"))
+            self.resume()
+            return
+        st.update(flow=dialogue.id, node=node.id, **{"await": entry["await"]})
+        self.effects.append(RecordTransition(before, self.label(), f"back to {dialogue.id}/{node.id}, set aside by "
+                                                                   f"event {entry.get('event')}"))
+        if "result" in entry and entry["await"]["kind"] == "workflow":
+            self.apply_workflow_result(entry["await"], entry["result"])
 
     def restart(self) -> None:
         """A turn after the end starts a new conversation: memory of the old one is dropped."""
@@ -546,9 +643,9 @@ class _Step:
         st = self.state
         before = self.label()
         lines = tuple((line["role"], line["text"]) for line in st["history"])
-        st.update(status=PARKED, handoff={"reason": reason, "person": None}, **{"await": None})
+        st.update(status=PARKED, handoff={"reason": reason, "person": None}, suspended=[], **{"await": None})
         if self.policy.settings.handoff_reply:
-            self.reply(self.policy.settings.handoff_reply)
+            self.reply(self.render_setting(self.policy.settings.handoff_reply))
         self.effects.append(NotifyHandoff("requested", reason=reason, history=lines))
         self.effects.append(RecordTransition(before, self.label(), f"handoff: {reason}"))
 

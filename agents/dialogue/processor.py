@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from agents.dialogue import core
@@ -25,7 +26,7 @@ from agents.dialogue.errors import DialogueError
 from agents.dialogue.model import Policy
 from agents.dialogue.recognise import KeywordRecogniser, Recogniser
 from topics import catalog
-from topics.event import Event
+from topics.event import Event, derived_id
 from topics.processor import Emit, State
 
 RECOGNISER_SOURCE = "/switchboard/recogniser"
@@ -99,6 +100,21 @@ class DialogueAgent:
     def step(self, state: State, event: Event) -> tuple[State, Sequence[Emit]]:
         new_state, effects = core.step(state, event, self.policy)
         return new_state, [self.emit(index, effect, event, new_state) for index, effect in enumerate(effects)]
+
+    def sweep(self, subject: str, state: State, now: datetime) -> Sequence[Emit]:
+        """A `timeout` signal to this agent's inbox for a session whose idle deadline has passed.
+
+        The id is derived from the session and its last activity, so every sweep of the same idle period sends the
+        same event; the step ignores a timeout that is no longer due (the user spoke meanwhile, or it was applied).
+        """
+        due = core.idle_deadline(state, self.policy)
+        if due is None or now < due:
+            return ()
+        data = {"session_id": subject, "agent": self.policy.agent, "kind": "timeout", "name": None, "text": None,
+                "data": "{}"}
+        signal = Event(type=core.SIGNAL, source=f"{self.event_source}/timeouts", data=data, subject=subject,
+                       id=derived_id(f"{self.policy.agent}/{subject}", f"timeout@{state.get('last_at')}"), time=now)
+        return (Emit(self.topics.signals, signal),)
 
     def emit(self, index: int, effect: Effect, cause: Event, state: Mapping[str, Any]) -> Emit:
         """The event for one effect; its id is derived from the cause and the effect's position."""

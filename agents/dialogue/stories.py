@@ -376,14 +376,19 @@ def load_stories(path: Path | str) -> list[Story]:
 
 
 def story_files(path: Path | str) -> list[Path]:
-    """A stories file itself, or every `*.yaml` of a `stories/` folder, or of an agent folder's `stories/`."""
+    """A stories file itself, or every `*.yaml` of a `stories/` folder, of an agent folder's `stories/`, or of the
+    `stories/` of every agent in a folder of agents (`agents/`)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise StoryError([f"{path}:0: no such file or folder; give a stories file or an agent folder"])
-    folder = path / STORIES_DIR if (path / STORIES_DIR).is_dir() else path
+    own = (path / STORIES_DIR).is_dir()
+    folder = path / STORIES_DIR if own else path
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not files and not own:
+        for agent in sorted(sub for sub in path.glob(f"*/{STORIES_DIR}") if sub.is_dir()):
+            files += sorted([*agent.glob("*.yaml"), *agent.glob("*.yml")])
     if not files:
         raise StoryError([f"{path}:0: no stories here; put them in {folder / 'name.yaml'}"])
     return files

@@ -109,14 +109,18 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool = False, fr
     await consumer.start()
     try:
         partitions = await _partitions(consumer, topic)
-        ends = {tp: e.end for tp, e in (await find_ends(consumer, partitions, settings)).items()}
+        # Following from the beginning needs no end; finding one is also unreliable there, because a topic that is
+        # written more often than every `_quiet_ms` never goes quiet.
+        ends: dict[TopicPartition, int] = {}
+        if from_end or not follow:
+            ends = {tp: e.end for tp, e in (await find_ends(consumer, partitions, settings)).items()}
         consumer.assign(partitions)
         if from_end:
             for tp in partitions:
                 consumer.seek(tp, ends[tp])
         else:
             await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if not from_end and ends[tp] > 0}
+        remaining = set() if follow else {tp for tp in partitions if not from_end and ends[tp] > 0}
         idle_since = time.monotonic()
         while follow or remaining:
             batch = await consumer.getmany(timeout_ms=_quiet_ms(settings))
@@ -130,7 +134,7 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool = False, fr
                         remaining.discard(tp)
                         break
                     yield record
-                    if record.offset + 1 >= ends[tp]:
+                    if not follow and record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
     finally:
         await asyncio.shield(consumer.stop())

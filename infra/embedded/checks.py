@@ -14,7 +14,8 @@ from topics.errors import StackError
 
 
 def amqtt_config(host: str, port: int) -> str:
-    """amqtt broker configuration: one TCP listener on `host:port`, anonymous clients allowed (loopback only)."""
+    """amqtt broker configuration: one TCP listener on `host:port`, anonymous clients allowed (loopback only),
+    for `python -m infra.embedded.mqtt_broker`."""
     return (
         "listeners:\n"
         "  default:\n"
@@ -22,7 +23,9 @@ def amqtt_config(host: str, port: int) -> str:
         f"    bind: {host}:{port}\n"
         "    max_connections: 10000\n"
         "plugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        # amqtt's AnonymousAuthPlugin, except that a client giving a username keeps a real persistent session
+        # (queued QoS 1/2 messages while it is away): the MQTT bridge relies on it. See infra/embedded/mqtt_broker.py.
+        "  infra.embedded.mqtt_broker.NamedSessionAuthPlugin:\n"
         "    allow_anonymous: true\n"
     )
 

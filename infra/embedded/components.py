@@ -35,6 +35,7 @@ class Component:
     cwd: Path
     log: Path
     stop_signal: signal.Signals = signal.SIGTERM
+    start_timeout_s: float | None = None  # how long `up` waits for it (default: embedded.start_timeout_s)
 
 
 def logs_dir(settings: Settings) -> Path:
@@ -145,8 +146,8 @@ def mqtt(settings: Settings) -> Component:
     data.mkdir(parents=True, exist_ok=True)
     config = data / "amqtt.yaml"
     config.write_text(checks.amqtt_config(emb.host, emb.mqtt_port))
-    amqtt = Path(sysconfig.get_path("scripts")) / "amqtt"
-    command = [str(amqtt) if amqtt.is_file() else (shutil.which("amqtt") or "amqtt"), "-c", str(config)]
+    # amqtt with the fixes the MQTT bridge's delivery guarantee needs (infra/embedded/mqtt_broker.py).
+    command = [sys.executable, "-m", "infra.embedded.mqtt_broker", "-c", str(config)]
     return Component(
         name="mqtt", command=command, env=dict(os.environ), ports=[emb.mqtt_port],
         stop_signal=signal.SIGINT,  # a clean shutdown (SIGTERM kills it without disconnecting clients)
@@ -160,8 +161,9 @@ def worker(settings: Settings, index: int) -> Component:
     from streams.worker import READY_FILE_ENV, WORKER_ID_ENV
 
     name = f"worker-{index}"
+    # Not removed here: planning happens on every `up`, also while this worker runs; `up` forgets a component's
+    # ready file just before starting it.
     ready_file = run_dir(settings) / f"{name}.ready"
-    ready_file.unlink(missing_ok=True)
     env = {**os.environ, **settings.environment(), WORKER_ID_ENV: str(index), READY_FILE_ENV: str(ready_file),
            "PYTHONUNBUFFERED": "1"}
     env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
@@ -169,6 +171,39 @@ def worker(settings: Settings, index: int) -> Component:
         name=name, command=[sys.executable, "-m", "streams.worker"], env=env, ports=[],
         ready=lambda: checks.file_appears(ready_file), endpoint=f"Faust worker (app {settings.workers.app_id})",
         cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
+    )
+
+
+def mqtt_bridge(settings: Settings) -> Component:
+    from infra.embedded import checks
+    from streams.mqtt_bridge.service import COMPONENT, READY_FILE_ENV
+
+    ready_file = run_dir(settings) / f"{COMPONENT}.ready"  # removed by `up` just before it starts the bridge
+    env = {**os.environ, **settings.environment(), READY_FILE_ENV: str(ready_file), "PYTHONUNBUFFERED": "1"}
+    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
+    host, port = settings.mqtt_address
+    return Component(
+        name=COMPONENT, command=[sys.executable, "-m", "streams.mqtt_bridge"], env=env, ports=[],
+        ready=lambda: checks.file_appears(ready_file), endpoint=f"MQTT bridge ({host}:{port} <-> Kafka)",
+        cwd=settings.data_dir, log=logs_dir(settings) / f"{COMPONENT}.log",
+    )
+
+
+def model_server(settings: Settings) -> Component:
+    """`switchboard serve` as a component (serving.enabled, no serving.ray_address): a local Ray on 127.0.0.1
+    with the model deployments; ready when they answer."""
+    from infra.embedded import checks
+
+    name = "serving"
+    ready_file = run_dir(settings) / f"{name}.ready"
+    ready_file.unlink(missing_ok=True)
+    env = {**os.environ, **settings.environment(), "SWITCHBOARD_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
+    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
+    return Component(
+        name=name, command=[sys.executable, "-m", "serving"], env=env, ports=[],
+        ready=lambda: checks.file_appears(ready_file), endpoint="Ray Serve models (local Ray on 127.0.0.1)",
+        cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
+        start_timeout_s=settings.serving.start_timeout_s,
     )
 
 
@@ -181,7 +216,11 @@ def plan(settings: Settings) -> list[Component]:
         components.append(tansu(settings))
     if settings.mqtt.embedded:
         components.append(mqtt(settings))
+    if settings.serving.enabled and settings.serving.embedded:  # before the workers, which call it
+        components.append(model_server(settings))
     components.extend(worker(settings, i) for i in range(settings.workers.count))
+    if settings.bridge.enabled:  # after the workers: the topics exist by then, and `down` stops it first
+        components.append(mqtt_bridge(settings))
     return components
 
 

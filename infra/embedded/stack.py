@@ -103,7 +103,7 @@ class EmbeddedStack:
             try:
                 topics_ready = False
                 for component in components:
-                    if component.name.startswith("worker-") and not topics_ready:
+                    if component.name.startswith(("worker-", "mqtt-bridge")) and not topics_ready:
                         await self._create_topics(progress)
                         topics_ready = True
                     if component.name in running:
@@ -133,7 +133,8 @@ class EmbeddedStack:
                              log=str(component.log)) from None
         record.save(self.run_dir)
         try:
-            await wait_ready(component, lambda: proc.poll() is None, self.settings.embedded.start_timeout_s)
+            await wait_ready(component, lambda: proc.poll() is None,
+                             component.start_timeout_s or self.settings.embedded.start_timeout_s)
         except StackError as exc:
             stop(record, self.settings.embedded.stop_timeout_s)
             self._forget(record.name)
@@ -144,10 +145,10 @@ class EmbeddedStack:
         return record
 
     async def _create_topics(self, progress: Progress) -> None:
-        from agents.registry import declared_topics
+        from agents.registry import declared_topics, deployment_agents
         from infra.bus.admin import ensure_topics
 
-        outcomes = await ensure_topics(self.settings, declared_topics())
+        outcomes = await ensure_topics(self.settings, declared_topics(deployment_agents(self.settings)))
         created = [o.spec.name for o in outcomes if o.created]
         progress(f"topics: {len(outcomes)} declared, created {', '.join(created) if created else 'none'}")
 
@@ -196,8 +197,13 @@ def plan_names(settings: Settings) -> list[tuple[str, str, str]]:
     if settings.mqtt.embedded:
         host, port = settings.mqtt_address
         names.append(("mqtt", f"MQTT mqtt://{host}:{port}", str(logs / "mqtt.log")))
+    if settings.serving.enabled and settings.serving.embedded:
+        names.append(("serving", "Ray Serve models (local Ray on 127.0.0.1)", str(logs / "serving.log")))
     for i in range(settings.workers.count):
         names.append((f"worker-{i}", f"Faust worker (app {settings.workers.app_id})", str(logs / f"worker-{i}.log")))
+    if settings.bridge.enabled:
+        host, port = settings.mqtt_address
+        names.append(("mqtt-bridge", f"MQTT bridge ({host}:{port} <-> Kafka)", str(logs / "mqtt-bridge.log")))
     return names
 
 
@@ -208,12 +214,32 @@ async def _health(settings: Settings, name: str) -> None:
         await checks.kafka_ready(settings)
     elif name == "mqtt":
         await checks.mqtt_ready(settings)
+    elif name == "mqtt-bridge":
+        _bridge_health(settings)
+    elif name == "serving":
+        ready = settings.data_dir / "run" / "serving.ready"
+        if not ready.exists() or int(ready.read_text() or 0) != _pid_of(settings, name):
+            raise StackError(name, "the model deployments are not ready yet")
     else:  # a worker: alive and it has joined its group at least once
         ready = Path(settings.data_dir / "run" / f"{name}.ready")
         if not ready.exists():
             raise StackError(name, "has not joined its consumer group yet")
         if int(ready.read_text() or 0) != _pid_of(settings, name):
             raise StackError(name, "readiness file is stale")
+
+
+def _bridge_health(settings: Settings) -> None:
+    """The bridge is ready (it wrote its PID) and its status file reports no problem (MQTT or Kafka unreachable,
+    buffer full)."""
+    from streams.mqtt_bridge.service import COMPONENT, status_file
+    from streams.mqtt_bridge.status import read_status
+
+    ready = settings.data_dir / "run" / f"{COMPONENT}.ready"
+    if not ready.exists() or int(ready.read_text() or 0) != _pid_of(settings, COMPONENT):
+        raise StackError(COMPONENT, "has not connected to MQTT and Kafka yet")
+    status = read_status(status_file(settings))
+    if status is not None and status.get("pid") == _pid_of(settings, COMPONENT) and status.get("problem"):
+        raise StackError(COMPONENT, str(status["problem"]))
 
 
 def _pid_of(settings: Settings, name: str) -> int | None:

@@ -1,4 +1,5 @@
-"""One real embedded stack (SeaweedFS, Tansu on S3, amqtt, one worker) for the whole integration session."""
+"""One real embedded stack (SeaweedFS, Tansu on S3, amqtt, one worker running the built-in agents and those in
+tests/agents) for the whole integration session."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from infra.config import Settings
 from infra.embedded import EmbeddedStack
 from infra.testing import embedded_settings
+
+TEST_AGENTS = Path(__file__).resolve().parents[1] / "agents"
 
 
 def _our_processes(data_dir: Path) -> list[psutil.Process]:
@@ -36,7 +39,8 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def stack(stack_dir: Path) -> AsyncIterator[Settings]:
     for key in [k for k in os.environ if k.startswith("SWITCHBOARD_")]:
         del os.environ[key]
-    settings = embedded_settings(stack_dir)
+    # The test agents (tests/agents) run beside the built-in ones; sessions are swept for timeouts twice a second.
+    settings = embedded_settings(stack_dir, workers={"agent_dirs": [TEST_AGENTS], "timeout_sweep_s": 0.5})
     embedded = EmbeddedStack(settings)
     try:
         await embedded.up()

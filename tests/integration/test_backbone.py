@@ -99,8 +99,12 @@ async def test_external_config_starts_nothing_embedded(stack: Settings, tmp_path
             "secret_access_key": stack.s3.secret_access_key.get_secret_value()},
         mqtt={"host": "127.0.0.1", "port": stack.embedded.mqtt_port},
         workers={"count": 1, "app_id": "switchboard-external-test"},
+        bridge={"enabled": False},  # the session stack's bridge already serves that MQTT broker
     )
     assert [c.name for c in plan(external)] == ["worker-0"]
+    with_bridge = load_settings(data_dir=tmp_path, kafka={"bootstrap_servers": stack.bootstrap_servers},
+                                s3=external.s3.model_dump(), mqtt={"host": "127.0.0.1", "port": 1883})
+    assert [c.name for c in plan(with_bridge)] == ["worker-0", "mqtt-bridge"], "ours runs, nothing embedded"
     embedded = EmbeddedStack(external)
     try:
         statuses = await embedded.up()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.config import Settings
 from infra.testing import free_port_block
 from streams.app import default_processors
 from streams.shell import sources_of
@@ -51,7 +52,7 @@ def test_chat_shows_the_reply(cli_env: dict[str, str]) -> None:
     assert "echo> You said: ping" in chat.stdout
 
 
-def test_topics_and_status(cli_env: dict[str, str]) -> None:
+def test_topics_and_status(cli_env: dict[str, str], stack: Settings) -> None:
     listed = run(["topics", "list"], cli_env)
     assert listed.returncode == 0, listed.stderr
     assert "dialogue.turns  [on bus]" in listed.stdout
@@ -63,11 +64,12 @@ def test_topics_and_status(cli_env: dict[str, str]) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     report = json.loads(status.stdout)
     parts = {s["name"]: s for s in report["components"]}
-    assert set(parts) == {"seaweedfs", "tansu", "mqtt", "worker-0"}
+    assert set(parts) == {"seaweedfs", "tansu", "mqtt", "worker-0", "mqtt-bridge"}
     assert all(s["running"] and s["healthy"] for s in parts.values())
     lag = {(p["topic"], p["partition"]): p for p in report["lag"]}
-    inputs = {spec.name for processor in default_processors() for spec in sources_of(processor)}
-    assert {"dialogue.turns", "agent.customer_service.understood", "agent.customer_service.signals"} <= inputs
+    inputs = {spec.name for processor in default_processors(stack) for spec in sources_of(processor)}
+    assert {"dialogue.turns", "agent.customer_service.understood", "agent.customer_service.signals",
+            "agent.sleepy.signals"} <= inputs
     assert set(lag) == {(topic, p) for topic in inputs for p in range(4)}
     assert all(p["lag"] >= 0 and p["end"] >= (p["committed"] or 0) for p in lag.values())
 

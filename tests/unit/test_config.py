@@ -19,7 +19,7 @@ def test_defaults_are_embedded_everywhere() -> None:
     assert settings.bootstrap_servers == "127.0.0.1:19092"
     assert settings.s3_endpoint == "http://127.0.0.1:18333"
     assert settings.mqtt_address == ("127.0.0.1", 11883)
-    assert settings.kafka.effective_fetch_max_wait_ms == 10
+    assert settings.kafka.effective_fetch_max_wait_ms == 50
     assert settings.kafka.effective_rebalance_timeout_ms == 3000
     assert settings.data_dir == default_data_dir()
     assert settings.data_dir.name == "switchboard"

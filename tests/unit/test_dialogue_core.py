@@ -186,6 +186,141 @@ def _turn(chat: Conversation, text: str) -> dict[str, Any]:
             "model": u.model}
 
 
+EVENTFUL = """\
+dialogues:
+  - id: survey
+    trigger: {event: ops.survey}
+    nodes:
+      - id: ask
+        actions: [{type: reply, content: "Quick question: did the outage affect you?"}]
+        listen:
+          - {regex: "yes|no", goto: noted}
+      - id: noted
+        actions: [{type: reply, content: "Noted, thank you."}]
+  - id: notice
+    trigger: {event: ops.notice}
+    actions: [{type: reply, content: "Notice: {{ event.data.text }}"}]
+  - id: farewell
+    trigger: {event: ops.shutdown}
+    actions: [{type: end, content: "We are closing for today."}]
+  - id: order
+    trigger: "order"
+    nodes:
+      - id: ask
+        form:
+          slots:
+            - {name: number, ask: "Which order number?", pattern: "[A-Z]{2}\\\\d{4}"}
+        next: fetch
+      - id: fetch
+        actions:
+          - {type: call_workflow, workflow: order_status, input: {order_id: "{{ slots.number }}"}, save_as: order}
+        next: tell
+      - id: tell
+        actions:
+          - {type: reply, content: "Order {{ context.order.order_id }}: {{ context.order.status }}."}
+          - {type: clear_slots}
+"""
+
+
+class _Holding(Conversation):
+    """A conversation whose workflows are not run: the test sends their results when it chooses."""
+
+    def apply(self, event: Event) -> list[Effect]:
+        self.state, effects = core.step(self.state, event, self.policy)
+        self.log.append((event, self.state, effects))
+        return effects
+
+
+def _eventful(hold_workflows: bool = False) -> Conversation:
+    policy = load_policy_text(EVENTFUL, file="eventful.yaml", agent="eventful")
+    package = AgentPackage(policy, folder=AGENTS["customer_service"].folder,
+                           workflows=AGENTS["customer_service"].workflows)
+    return _Holding(package) if hold_workflows else Conversation(package)
+
+
+def test_an_event_dialogue_runs_without_dropping_a_waiting_form() -> None:
+    chat = _eventful()
+    assert chat.say("order") == ["Which order number?"]
+    assert replies(chat.signal("event", name="ops.notice", data={"text": "maintenance at 18:00"})) == [
+        "Notice: maintenance at 18:00"]
+    assert chat.label == "order/ask"
+    assert chat.state is not None and chat.state["await"] == {"kind": "slot", "slot": "number", "attempts": 0}
+    assert chat.state["suspended"] == []
+    assert chat.say("CD5678") == ["Order CD5678: in transit."]
+
+
+def test_an_event_dialogue_that_asks_is_answered_first_then_the_form_goes_on() -> None:
+    chat = _eventful()
+    chat.say("order")
+    assert replies(chat.signal("event", name="ops.survey")) == ["Quick question: did the outage affect you?"]
+    assert chat.label == "survey/ask"
+    assert chat.state is not None and [e["flow"] for e in chat.state["suspended"]] == ["order"]
+    assert chat.say("no") == ["Noted, thank you."]
+    assert chat.label == "order/ask"  # back where it waited, no re-prompt
+    assert chat.state is not None and chat.state["suspended"] == []
+    assert chat.say("AB1234") == ["Order AB1234: delivered."]
+
+
+def test_a_workflow_result_for_a_set_aside_dialogue_is_kept_until_it_resumes() -> None:
+    chat = _eventful(hold_workflows=True)
+    chat.say("order")
+    started = [e for e in chat.apply(chat._event(core.UNDERSTOOD, _turn(chat, "AB1234"), None))
+               if isinstance(e, StartWorkflow)]
+    assert chat.label == "order/fetch" and len(started) == 1
+    chat.signal("event", name="ops.survey")
+    # The result arrives while the survey's question waits: kept for the order dialogue, nothing said yet.
+    result = run_inline(AGENTS["customer_service"].workflows, "order_status", started[0].input)
+    kept = chat.signal("workflow_result", name="order_status", data={"run_id": started[0].run_id, **result})
+    assert replies(kept) == [] and chat.label == "survey/ask"
+    assert any(isinstance(e, RecordTransition) and e.reason.startswith("kept the result") for e in kept)
+    # Answering the survey finishes it; the order dialogue resumes and applies the kept result.
+    assert chat.say("yes") == ["Noted, thank you.", "Order AB1234: delivered."]
+    assert chat.label == core.IDLE
+
+
+def test_an_event_dialogue_that_ends_or_hands_off_drops_what_it_set_aside() -> None:
+    chat = _eventful()
+    chat.say("order")
+    chat.signal("event", name="ops.survey")
+    assert replies(chat.signal("event", name="ops.shutdown")) == ["We are closing for today."]
+    assert chat.label == "ended" and chat.state is not None and chat.state["suspended"] == []
+    chat = _eventful()
+    chat.say("order")
+    chat.signal("event", name="ops.survey")
+    chat.signal("human_take", name="alice")
+    assert chat.state is not None and chat.state["suspended"] == []
+    chat.signal("human_release", name="alice")
+    assert chat.label == core.IDLE
+
+
+def test_an_event_that_matches_nothing_leaves_the_waiting_dialogue_alone() -> None:
+    chat = _eventful()
+    chat.say("order")
+    effects = chat.signal("event", name="ops.unknown")
+    assert replies(effects) == [] and chat.label == "order/ask"
+    assert chat.state is not None and chat.state["suspended"] == []
+
+
+def test_password_escalation_names_the_user_and_starts_counting_afresh() -> None:
+    chat = Conversation(AGENTS["helpdesk"])
+    chat.say("I forgot my password")
+    chat.say("zed")
+    effects = chat.apply(chat._event(core.UNDERSTOOD, _turn(chat, "Zed.Miller"), None))
+    (handoff,) = [e for e in effects if isinstance(e, NotifyHandoff) and e.kind == "requested"]
+    assert handoff.reason == "password reset failed for zed.miller"
+    assert chat.state is not None and "username" not in chat.state["slots"]
+    assert "failed_resets" not in chat.state["context"]
+
+
+def test_password_escalation_without_a_valid_username() -> None:
+    chat = Conversation(AGENTS["helpdesk"])
+    chat.say("I forgot my password")
+    chat.say("!!")
+    effects = chat.apply(chat._event(core.UNDERSTOOD, _turn(chat, "??"), None))
+    (handoff,) = [e for e in effects if isinstance(e, NotifyHandoff) and e.kind == "requested"]
+    assert handoff.reason == "password reset failed for a user who gave no valid username"
+
+
 LOOPING = """\
 dialogues:
   - id: loop
@@ -238,6 +373,14 @@ def _valid(state: dict[str, Any], policy: Policy) -> None:
         assert state["flow"] is not None and waiting["kind"] in ("listen", "slot", "workflow")
     if state["status"] != core.ACTIVE:
         assert state["await"] is None
+        assert state["suspended"] == []
+    elif state["suspended"]:
+        assert state["flow"] is not None  # the session goes back to them when the dialogue on top is done
+    assert len(state["suspended"]) <= core.SUSPEND_LIMIT
+    for entry in state["suspended"]:
+        dialogue = policy.dialogue(entry["flow"])
+        assert dialogue is not None and dialogue.node(entry["node"]) is not None
+        assert entry["await"]["kind"] in ("listen", "slot", "workflow")
     assert len(state["history"]) <= policy.settings.history
     assert state["fallbacks"] >= 0
     json.dumps(state)
@@ -276,3 +419,37 @@ def test_replaying_the_log_reproduces_replies_and_transitions(agent: str, script
         state, effects = core.step(state, event, chat.policy)
         assert effects == recorded_effects
         assert state == recorded_state
+
+
+EVENTFUL_SCRIPT = st.lists(st.one_of(
+    st.tuples(st.just("say"), st.sampled_from(["order", "AB1234", "ZZ0000", "x", "yes", "no", "order CD5678"])),
+    st.tuples(st.just("event"), st.sampled_from(["ops.survey", "ops.notice", "ops.shutdown", "ops.unknown"])),
+    st.tuples(st.just("signal"), st.sampled_from(["human_take", "human_release", "result"])),
+), max_size=30)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=EVENTFUL_SCRIPT)
+def test_events_on_waiting_dialogues_leave_a_valid_state_and_replay_exactly(script: list[tuple[str, str]]) -> None:
+    chat = _eventful(hold_workflows=True)
+    pending: list[StartWorkflow] = []
+    for kind, arg in script:
+        if kind == "say":
+            effects = chat.apply(chat._event(core.UNDERSTOOD, _turn(chat, arg), None))
+        elif kind == "event":
+            effects = chat.signal("event", name=arg, data={"text": "t"})
+        elif arg == "result":
+            if not pending:
+                continue
+            run = pending.pop(0)  # results come late, in any interleaving with events and turns
+            result = run_inline(AGENTS["customer_service"].workflows, run.workflow, run.input)
+            effects = chat.signal("workflow_result", name=run.workflow, data={"run_id": run.run_id, **result})
+        else:
+            effects = chat.signal(arg, name="bob")
+        pending += [e for e in effects if isinstance(e, StartWorkflow)]
+        assert chat.state is not None
+        _valid(chat.state, chat.policy)
+    state: dict[str, Any] | None = None
+    for event, recorded_state, recorded_effects in chat.log:
+        state, effects = core.step(state, event, chat.policy)
+        assert effects == recorded_effects and state == recorded_state

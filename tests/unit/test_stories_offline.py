@@ -145,6 +145,17 @@ def test_the_agent_defaults_to_the_folder_holding_stories(tmp_path: Path) -> Non
     assert run_offline(load_stories(folder / "a.yaml")[0]).ok
 
 
+def test_a_folder_of_agents_runs_every_agents_stories(tmp_path: Path) -> None:
+    for agent in ("helpdesk", "customer_service"):
+        (tmp_path / agent / "stories").mkdir(parents=True)
+        story = "stories:\n  - name: hello\n    steps:\n      - user: hi\n"
+        (tmp_path / agent / "stories" / "a.yaml").write_text(story, encoding="utf-8")
+    assert story_files(tmp_path) == [tmp_path / "customer_service" / "stories" / "a.yaml",
+                                     tmp_path / "helpdesk" / "stories" / "a.yaml"]
+    assert [story.agent for story in collect_stories([tmp_path])] == ["customer_service", "helpdesk"]
+    assert {story.id for story in collect_stories([AGENTS_DIR])} == {story.id for story in SHIPPED}
+
+
 def test_missing_paths_and_agents_are_errors(tmp_path: Path) -> None:
     with pytest.raises(StoryError, match="no such file or folder"):
         collect_stories([tmp_path / "nope"])
