@@ -39,6 +39,11 @@ c. `Consumer._add_gap()`: a jump in offsets on a plain topic (not compacted, no 
    the consumer seeks back to the first missing offset and fetches it again.              -> `ConsumerFixes`
 d. `Consumer.perform_seek()`: a stream partition with no committed offset is sought to its beginning (under
    auto_offset_reset "earliest"), its committed position, instead of being left where it is. -> `ConsumerFixes`
+e. `Stream._c_aiter()`, `Stream._py_aiter()`: a message is acknowledged when the agent asks for the next one, not
+   when the iterator is closed while the agent still handles it. An agent that raises, or is cancelled (the worker
+   stops) half-way, used to acknowledge its input from the iterator's `finally`: the next commit, which Faust also
+   makes on the way down, moved past an input whose effects were never all sent. Now the input stays uncommitted
+   and comes again after the restart or rebalance.                                          -> `apply()`
 
 (b) and (c) need the read offset to mean one thing: after a seek to N it is now N - 1, the last offset read, as
 after a delivery (Faust stored N there).
@@ -114,13 +119,17 @@ async def _c_aiter(self: Stream[Any]) -> AsyncIterator[Any]:
         while not self.should_stop:
             do_ack = self.enable_acks
             value, sensor_state = await it.next()
+            finished = False
             try:
                 if value is not skipped_value:
                     self.events_total += 1
                     yield value
+                finished = True
             finally:
                 event, self.current_event = self.current_event, None
-                it.after(event, do_ack or value is skipped_value, sensor_state)
+                # FIX(e): acknowledged only if the agent asked for the next event, i.e. finished with this one; not
+                # when the iterator is closed because the agent raised or was cancelled while handling it.
+                it.after(event, (do_ack and finished) or value is skipped_value, sensor_state)
                 # FIX(a'): upstream keeps `event` (and through it the message) bound while it awaits the next one.
                 # The consumer's unacked set is weak: a message that a rebalance cleared from another stream's
                 # queue after this stream handled it is never acked, and as long as it is referenced,
@@ -290,15 +299,18 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
                     # otherwise the lag would increase
                     value = skipped_value
 
+            finished = False
             try:
                 if value is not skipped_value:
                     self.events_total += 1
                     yield value
+                finished = True
             finally:
                 self.current_event = None
                 # We want to ack the filtered out message
                 # otherwise the lag would increase
-                if event is not None and (do_ack or value is skipped_value):
+                # FIX(e): but not a message the agent did not finish (it raised or was cancelled handling it).
+                if event is not None and ((do_ack and finished) or value is skipped_value):
                     # This inlines self.ack
                     last_stream_to_ack = event.ack()
                     message = event.message

@@ -18,8 +18,8 @@ from infra.bus.reading import find_ends
 from infra.config import Settings
 
 log = logging.getLogger(__name__)
-# Recovery happens once per rebalance and a short end would lose state: wait longer for "nothing more" than the
-# interactive readers do. (On S3 storage Tansu was seen serving acknowledged records a few seconds late.)
+# Ends are confirmed by the fetch high watermark; this quiet window only matters for a broker that sends none.
+# Recovery happens once per rebalance and a short end would lose state, so it waits longer than interactive readers.
 RECOVERY_QUIET_MS = 1500
 
 

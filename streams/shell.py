@@ -19,16 +19,23 @@ The guarantees are made here, once:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
-import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
-from faust.streams import _current_event
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 
 from topics import catalog
 from topics.binding import KafkaRecord, decode_event, encode_event
@@ -45,6 +52,9 @@ _MAX_BACKOFF_S = 5.0
 #: re-emits at most what it sent since its last offset commit (`broker_commit_every` = 100 messages, or 1 s), and only
 #: a subject's own events count here, so a subject never sees that many of its own events replayed.
 REMEMBERED_IDS = 64
+#: Errors about the record itself: sending it again cannot succeed.
+_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
+            InvalidTopicError, UnsupportedForMessageFormatError)
 
 
 def sources_of(processor: Processor | StatefulProcessor) -> tuple[TopicSpec, ...]:
@@ -90,7 +100,7 @@ class StreamShell:
 
         async def run(stream: Any) -> None:
             async for event in stream.events():
-                await self.process_batch(processor, [event.message])
+                await self._until_done(processor.name, event.message, self.process, processor, event.message)
                 del event  # hold nothing while waiting for the next one (streams/faust_fixes.py, FIX(a'))
 
         run.__qualname__ = run.__name__ = processor.name
@@ -119,7 +129,8 @@ class StreamShell:
 
         async def run(stream: Any) -> None:
             async for event in stream.events():
-                await self.process_stateful_batch(processor, table, [event])
+                await self._until_done(processor.name, event.message, self.process_stateful, processor, table,
+                                       event.message)
                 del event  # hold nothing while waiting for the next one (streams/faust_fixes.py, FIX(a'))
 
         run.__qualname__ = run.__name__ = processor.name
@@ -134,11 +145,31 @@ class StreamShell:
             self.app.timer(self.timeout_sweep_s, name=f"switchboard.{processor.name}.sweep")(sweep)
         return table
 
+    async def _until_done(self, name: str, message: Any, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `step` for one input until it completes, however often it fails.
+
+        Bad input and failing handlers are dead-lettered inside the step, and publishing waits out the broker, so
+        what reaches here is unexpected (a bug, a state store that cannot be written). Letting it escape would crash
+        the agent, and Faust would then acknowledge the input as its stream closes: the input would be lost. Trying
+        again holds up this partition, visibly (log and lag), and loses nothing; effects of a partial try are sent
+        again with the same ids, which readers drop.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await step(*args)
+                return
+            except Exception:
+                log.exception("processor %s could not finish %s/%s/%s; trying again in %.1fs (the input stays "
+                              "unacknowledged)", name, message.topic, message.partition, message.offset, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S * 6)
+
     async def sweep(self, processor: Sweeping, table: Any) -> int:
         """Publish what `processor.sweep` says is due for the subjects in this worker's active table partitions.
 
         Runs between inputs on the worker's event loop; what it publishes is consumed and applied like any input, so
-        state only ever changes in `process_stateful_batch`. A subject whose sweep raises is logged and skipped.
+        state only ever changes in `process_stateful`. A subject whose sweep raises is logged and skipped.
         """
         now = utcnow()
         records: list[tuple[TopicSpec, KafkaRecord]] = []
@@ -163,79 +194,59 @@ class StreamShell:
                 self.register(processor)
 
     async def process(self, processor: Processor, message: Any) -> None:
-        """Handle one Kafka message; never raises for bad input."""
-        await self.process_batch(processor, [message])
-
-    async def process_batch(self, processor: Processor, messages: Sequence[Any]) -> None:
-        """Handle messages fetched together: every handler runs (async ones concurrently, so a served model sees
-        them as one batch), then all effects and dead letters are published and acknowledged at once."""
-        handled = await asyncio.gather(*(self._handle(processor, message) for message in messages))
-        await self.publish([record for records in handled for record in records])
-
-    async def _handle(self, processor: Processor, message: Any) -> list[tuple[TopicSpec, KafkaRecord]]:
+        """Handle one Kafka message: decode, handle, publish the effects (or a dead letter) and wait for the broker.
+        Never raises for bad input or a failing handler."""
         headers = _headers(message.headers)
+        letter = functools.partial(self._letter, processor, message, headers)
         try:
             event = decode_event(message.value, headers, self.codec, processor.source.value_schema)
         except DecodeError as exc:
-            return [self._letter(processor, message, headers, str(exc), "DecodeError")]
+            await self.publish([letter(str(exc), "DecodeError")])
+            return
         try:
             emits = processor.handle(event)
             if inspect.isawaitable(emits):  # a stage that calls a model is async
                 emits = await emits
-            return [(emit.topic, encode_event(emit.event, self.codec)) for emit in emits]
+            records = [(emit.topic, encode_event(emit.event, self.codec)) for emit in emits]
         except Exception as exc:  # a failing handler must not stop the other sessions
             log.exception("processor %s failed on event %s", processor.name, event.id)
             reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
-            return [self._letter(processor, message, headers, reason, type(exc).__name__)]
+            records = [letter(reason, type(exc).__name__)]
+        await self.publish(records, letter=letter)
 
-    async def process_stateful_batch(self, processor: StatefulProcessor, table: Any, events: Sequence[Any]) -> None:
-        """Handle Faust events fetched together, in order: each step sees the state the previous one left (kept here
-        until the batch is done), then all effects are published and acknowledged, and only then are the new state
-        records written to the table. A crash before the writes redelivers the whole batch, which is harmless.
+    async def process_stateful(self, processor: StatefulProcessor, table: Any, message: Any) -> None:
+        """Handle one Kafka message of a stateful processor: step from the subject's state, publish the effects and
+        wait for the broker, and only then write the new state record. A crash before the write redelivers the
+        input, which steps again from the same state to the same effects (same ids), so it is harmless."""
+        subject, records, record = self._apply(processor, table, message)
+        headers = _headers(message.headers)
+        await self.publish(records, letter=functools.partial(self._letter, processor, message, headers))
+        if subject is not None:
+            table[subject] = record
 
-        Faust puts a table write in the changelog (and local store) partition of the *current event*; in a batch
-        that is whichever came last, so each subject's write is made with one of its own events as the current one.
-        """
-        records: list[tuple[TopicSpec, KafkaRecord]] = []
-        written: dict[str, dict[str, Any]] = {}
-        carriers: dict[str, Any] = {}
-        for event in events:
-            subject, out = self._apply(processor, table, written, event.message)
-            records.extend(out)
-            if subject is not None:
-                carriers[subject] = event
-        await self.publish(records)
-        token = _current_event.set(None)
-        try:
-            for subject, record in written.items():
-                _current_event.set(weakref.ref(carriers[subject]))
-                table[subject] = record
-        finally:
-            _current_event.reset(token)
-
-    def _apply(self, processor: StatefulProcessor, table: Any, written: dict[str, dict[str, Any]],
-               message: Any) -> tuple[str | None, list[tuple[TopicSpec, KafkaRecord]]]:
-        """One input: its subject and effects (or dead letter) to publish; the subject's new record goes into
-        `written`."""
+    def _apply(self, processor: StatefulProcessor, table: Any,
+               message: Any) -> tuple[str | None, list[tuple[TopicSpec, KafkaRecord]], dict[str, Any] | None]:
+        """One input: the subject whose record to write (None: write nothing), the effects (or dead letter) to
+        publish, and the subject's new record."""
         headers = _headers(message.headers)
         schema = next((spec.value_schema for spec in sources_of(processor) if spec.name == message.topic),
                       processor.source.value_schema)
         try:
             event = decode_event(message.value, headers, self.codec, schema)
         except DecodeError as exc:
-            return None, [self._letter(processor, message, headers, str(exc), "DecodeError")]
+            return None, [self._letter(processor, message, headers, str(exc), "DecodeError")], None
         subject = event.subject
         if not subject:
             return None, [self._letter(processor, message, headers,
                                        f"processor {processor.name} keeps state per subject, and event {event.id} "
-                                       "has none (set the CloudEvents subject / Kafka key)", "MissingSubject")]
-        record = written[subject] if subject in written else table.get(subject)
+                                       "has none (set the CloudEvents subject / Kafka key)", "MissingSubject")], None
+        record = table.get(subject)
         applied: dict[str, list[int]] = dict(record["at"]) if record is not None else {}
         last = applied.get(message.topic)
         if last is not None and last[0] == message.partition and message.offset <= last[1]:
             log.info("skipping %s/%s/%s: already applied to %s", message.topic, message.partition,
                      message.offset, subject)
-            return None, []
+            return None, [], None
         applied[message.topic] = [message.partition, message.offset]
         seen: list[str] = list(record.get("seen", ())) if record is not None else []
         if record is not None and event.id in seen:
@@ -243,8 +254,7 @@ class StreamShell:
             # already sent (same derived id). Its effects are out already; applying it again would be a second turn.
             log.info("skipping %s/%s/%s: event %s was already applied to %s", message.topic, message.partition,
                      message.offset, event.id, subject)
-            written[subject] = {**record, "at": applied}
-            return subject, []
+            return subject, [], {**record, "at": applied}
         seen = [*seen, event.id][-self.remembered_ids:]
         state: State = record["state"] if record is not None else processor.initial(subject)
         try:
@@ -254,26 +264,70 @@ class StreamShell:
         except Exception as exc:  # a failing step must not stop the other subjects
             log.exception("processor %s failed on event %s", processor.name, event.id)
             reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
-            written[subject] = {"state": dict(state), "at": applied, "seen": seen}
-            return subject, [self._letter(processor, message, headers, reason, type(exc).__name__)]
+            return subject, [self._letter(processor, message, headers, reason, type(exc).__name__)], \
+                {"state": dict(state), "at": applied, "seen": seen}
         if not out and stored == (record["state"] if record is not None else _as_json(processor.initial(subject))):
             # Nothing happened (an input addressed to someone else, a stale signal): no changelog record. Should the
             # input come again, the step again does nothing.
-            return None, []
-        written[subject] = {"state": stored, "at": applied, "seen": seen}
-        return subject, out
+            return None, [], None
+        return subject, out, {"state": stored, "at": applied, "seen": seen}
 
-    async def publish(self, records: Sequence[tuple[TopicSpec, KafkaRecord]]) -> None:
-        """Send and wait for every broker acknowledgement; retry while the bus is unreachable (back-pressure)."""
-        futures = [await self._send(spec, record) for spec, record in records]
-        for future in futures:
-            await future
+    async def publish(self, records: Sequence[tuple[TopicSpec, KafkaRecord]], *,
+                      letter: Callable[[str, str], tuple[TopicSpec, KafkaRecord]] | None = None) -> None:
+        """Send `records` in order and wait until the broker has acknowledged every one.
+
+        A send that fails is sent again, the same record, until acknowledged, with backoff: the input stays
+        unacknowledged meanwhile, which is the back-pressure (an unreachable broker, object storage down behind
+        Tansu, which answers UnknownError, a Kafka client that gives up on a request). At worst a record goes out
+        twice, and readers drop the second by its id. A record the broker refuses for what it is (too large, say)
+        would fail forever: it is replaced by `letter(reason, error)`, the input's dead letter, or, with no input
+        to blame (a sweep), logged and dropped.
+        """
+        pending = [(spec, record, await self._send(spec, record)) for spec, record in records]
+        lettered = False
+        for spec, record, future in pending:
+            refused = await self._acknowledged(spec, record, future)
+            if refused is None:
+                continue
+            reason = (f"the broker refused an effect for topic {spec.name}: {type(refused).__name__}: {refused}; "
+                      "the input's effects are incomplete")
+            if letter is None or lettered:
+                log.error("%s; dropped (%s)", reason, "already dead-lettered" if lettered else "no input to blame")
+                continue
+            log.error("%s; dead-lettering the input", reason)
+            lettered = True
+            dead = letter(reason, type(refused).__name__)
+            if await self._acknowledged(*dead, await self._send(*dead)) is not None:
+                log.error("the dead letter was refused too; dropped")
+
+    async def _acknowledged(self, spec: TopicSpec, record: KafkaRecord, future: Any) -> KafkaError | None:
+        """Wait for `future`, sending `record` again while it fails; None once acknowledged, or the error if the
+        broker refuses the record itself."""
+        delay = 0.1
+        while True:
+            try:
+                await future
+                return None
+            except _REFUSED as exc:
+                return exc
+            except KafkaError as exc:
+                log.warning("publishing to %s failed (%s: %s); sending it again in %.1fs", spec.name,
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+                future = await self._send(spec, record)
 
     async def _send(self, spec: TopicSpec, record: KafkaRecord) -> Any:
+        """Hand `record` to the producer; the future of its acknowledgement (failed at once if the producer refuses
+        the record itself, e.g. over `max_request_size`). Waits while the producer cannot take it."""
         delay = 0.1
         while True:
             try:
                 return await self.topic(spec).send(key=record.key, value=record.value, headers=record.headers)
+            except _REFUSED as exc:
+                refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                refused.set_exception(exc)
+                return refused
             except KafkaError as exc:
                 log.warning("publishing to %s failed (%s); retrying in %.1fs", spec.name, exc, delay)
                 await asyncio.sleep(delay)

@@ -6,8 +6,11 @@ the last fetched offset + 1 after reading the final batch, found by fetching fro
 has nothing more. On a correct broker this costs one empty fetch.
 
 On S3 storage Tansu's reported end can lag far behind (it stayed at 1 while a partition grew to 10), which would
-mean reading the whole partition. The fetch response's high watermark was right there, so after the first fetch we
-jump to it — and still confirm the end by reading until the broker has nothing more.
+mean reading the whole partition. The fetch response's high watermark was right there (and with batching producers
+too: 500 where `end_offsets()` said 485), so after the first fetch we jump to it, and a partition's end is confirmed
+once its records up to that high watermark have been read. Waiting for "nothing more for a while" instead declared
+ends too early when a fetch was slow (on S3 a fetch lists every batch object of the partition: seconds on a busy
+machine), and a table recovered to such an end lost its last state changes.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
                     timeout_s: float = 30.0, quiet_ms: int | None = None) -> dict[TopicPartition, PartitionEnd]:
     """The true end of each partition (next offset to be written), as of now.
 
-    The end is declared once a fetch round brings nothing more for `quiet_ms` (default: one fetch wait + 300 ms).
-    Uses (and re-assigns) `consumer`, which must not be in a group.
+    A partition's end is known once its records up to the high watermark of a fetch response have been read. For a
+    broker that sends no high watermark, the end is declared once a fetch round brings nothing more for `quiet_ms`
+    (default: one fetch wait + 300 ms). After `timeout_s` the end is what has been read. Uses (and re-assigns)
+    `consumer`, which must not be in a group.
     """
     reported = await consumer.end_offsets(list(partitions))
     ends = {tp: PartitionEnd(tp, off, off) for tp, off in reported.items()}
@@ -77,11 +82,17 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
                 highwater = consumer.highwater(tp)
                 if highwater is not None and highwater - 1 > last[tp] + _JUMP_MIN:
                     consumer.seek(tp, highwater - 1)  # skip ahead; the loop still reads to the real end
-        if not batch:
-            # Nothing more on any pending partition that has delivered its final batch.
-            pending = [tp for tp in pending if tp not in last]
-        else:
-            pending = [tp for tp in pending if tp not in last or tp in batch]
+        done = set()
+        for tp in pending:
+            highwater = consumer.highwater(tp)
+            if tp not in last:
+                continue  # its final batch has not come yet
+            if highwater is not None:
+                if last[tp] + 1 >= highwater:
+                    done.add(tp)
+            elif not batch:  # no high watermark from this broker: nothing more for a quiet round is the end
+                done.add(tp)
+        pending = [tp for tp in pending if tp not in done]
     for tp, offset in last.items():
         ends[tp] = PartitionEnd(tp, max(offset + 1, reported[tp]), reported[tp])
     return ends

@@ -4,7 +4,9 @@ tests/agents) for the whole integration session."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import psutil
@@ -57,3 +59,52 @@ def cli_env(stack: Settings) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     env.update(stack.environment())
     yield env
+
+
+# --- what the stack logged, for a failed test ------------------------------------------------------------------
+# CI shows only the tail of the run and deletes the data directories; a failure of a test that ran its own stack
+# prints the distinct warnings and errors of that stack's logs after the summary, so the cause can be seen there.
+_LOGGED = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]\s*(.*)")
+_NUMBERS = re.compile(r"\d+")
+_DIGESTS = pytest.StashKey[list[str]]()
+
+
+def log_digest(root: Path, limit: int = 12) -> str:
+    """The distinct WARNING/ERROR lines (numbers folded) of each `logs/*.log` under `root`, most frequent first."""
+    parts = []
+    for log in sorted(root.rglob("logs/*.log")):
+        seen: Counter[str] = Counter()
+        first: dict[str, str] = {}
+        for line in log.read_text(errors="replace").splitlines():
+            match = _LOGGED.search(line)
+            message = match.group(2).strip() if match else ""
+            if len(message) < 4 or message.startswith(("Traceback", "File ", "^", "~")):
+                continue
+            text = f"{match.group(1)} {message[:200]}"  # type: ignore[union-attr]
+            shape = _NUMBERS.sub("N", text)
+            seen[shape] += 1
+            first.setdefault(shape, f"{line[1:24]} {text}")
+        if seen:
+            lines = [f"  {n:>4} x {first[shape]}" for shape, n in seen.most_common(limit)]
+            parts.append(f"{log.relative_to(root)}:\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp_path, Path):
+        digest = log_digest(tmp_path)
+        if digest:
+            item.config.stash.setdefault(_DIGESTS, []).append(f"{item.nodeid}\n{digest}")
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    digests = config.stash.get(_DIGESTS, [])
+    if digests:
+        write = terminalreporter.write_line  # type: ignore[attr-defined]
+        write("=" * 30 + " stack warnings and errors of failed tests " + "=" * 30)
+        for digest in digests:
+            write(digest)

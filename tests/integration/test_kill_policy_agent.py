@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SESSIONS = 30
 CYCLES = 5
 KILL_AFTER_S = 2.0
+ANSWER_WITHIN_S = 180
 AGENT = "customer_service"
 POLICY = next(a.policy for a in discover_agents() if a.name == AGENT)
 FAQ_HOURS = "We are open Monday to Friday 9:00-18:00 and Saturday 10:00-14:00 (CET)."
@@ -89,7 +90,11 @@ async def converse(settings: Settings, producer: object, replies: Replies, sessi
             await producer.send_and_wait(catalog.DIALOGUE_TURNS.name, record.value,  # type: ignore[attr-defined]
                                          key=record.key, headers=record.headers)
             sent.append((turn.id, session, expected))
-            await asyncio.wait_for(answered.wait(), 180)
+            try:
+                await asyncio.wait_for(answered.wait(), ANSWER_WITHIN_S)
+            except TimeoutError:
+                raise AssertionError(f"turn {turn.id} ({text!r}, cycle {cycle} of session {session}) was not "
+                                     f"answered within {ANSWER_WITHIN_S}s; {len(sent)} turns sent") from None
 
 
 async def test_policy_agent_survives_a_worker_kill_mid_conversation(tmp_path: Path) -> None:

@@ -82,4 +82,5 @@ async def test_acknowledged_turns_survive_an_object_storage_outage(tmp_path: Pat
                                               for n, s in statuses.items()))
     assert statuses["seaweedfs"].running is False, "status must show object storage down"
     assert len(acked) == TURNS
-    assert set(replies) == acked, f"{len(acked - set(replies))} acknowledged turns never answered"
+    unanswered = sorted(acked - set(replies))
+    assert not unanswered, f"{len(unanswered)} acknowledged turns never answered, e.g. {unanswered[:3]}"

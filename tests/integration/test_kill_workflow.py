@@ -1,0 +1,124 @@
+"""Kill test for the workflow engine: runs in flight while one of two workers is SIGKILLed and restarted.
+
+Each run of the demo diamond (start -> double, plus_ten -> join) takes four task hops and a dozen state changes over
+the bus, so the kill lands on runs in every stage: requested, tasks commanded, tasks running, results coming back.
+Afterwards every run has exactly one result, with the right output, and each of its steps exists once on the bus:
+one task command per task (a second command with another id would run the task twice), one transition per state
+change. Redelivered copies carry the same event id; readers drop them, so they are allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agents.workflows.processors import request_event
+from infra.bus.clients import producer as make_producer
+from infra.bus.reading import read_topic
+from infra.config import Settings
+from infra.embedded import EmbeddedStack
+from infra.testing import await_all, embedded_settings
+from topics import AvroCodec, Event, catalog, decode_event, encode_event
+from topics.spec import TopicSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+TEST_AGENTS = Path(__file__).resolve().parents[1] / "agents"
+RUNS = 60
+RATE = 10.0  # runs started per second, so the kill falls in the middle
+KILL_AFTER_S = 2.0
+REPLIES = catalog.agent_topics("sleepy").signals  # any agent's inbox will do
+TASKS = ("start", "double", "plus_ten", "join")
+
+
+def _distinct_ids(events: list[Event], key: str | tuple[str, ...]) -> dict[object, set[str]]:
+    keys = (key,) if isinstance(key, str) else key
+    by: dict[object, set[str]] = defaultdict(set)
+    for event in events:
+        by[tuple(event.data.get(k) for k in keys)].add(event.id)
+    return by
+
+
+async def _events(settings: Settings, topic: TopicSpec) -> list[Event]:
+    """Every event on `topic`, to its true end, redelivered copies included."""
+    codec = AvroCodec()
+    return [decode_event(record.value, record.headers, codec) async for record in read_topic(settings, topic.name)]
+
+
+async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, workers={"count": 2, "agent_dirs": [TEST_AGENTS]})
+    stack = EmbeddedStack(settings)
+    runs: dict[str, tuple[str, int, int]] = {}  # session -> (run id, a, b)
+    codec = AvroCodec()
+    try:
+        await stack.up()
+        producer = make_producer(settings)
+        await producer.start()
+
+        async def start_runs() -> None:
+            for i in range(RUNS):
+                run_id, session = str(uuid.uuid4()), f"kw-{uuid.uuid4().hex[:8]}"
+                runs[session] = (run_id, i, i + 1)
+                event = request_event(run_id, "demo_diamond", {"a": i, "b": i + 1}, requester="sleepy",
+                                      reply_to=REPLIES.name, reply_key=session, source="/tests/kill-workflow")
+                record = encode_event(event, codec)
+                await producer.send_and_wait(catalog.WORKFLOW_REQUESTS.name, record.value, key=record.key,
+                                             headers=record.headers)
+                await asyncio.sleep(1 / RATE)
+
+        try:
+            load = asyncio.create_task(start_runs())
+            await asyncio.sleep(KILL_AFTER_S)  # the scenario: a crash with runs in flight
+            victim = next(r for r in stack.records() if r.name == "worker-1")
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(psutil.Process(victim.pid).wait, 10)
+            await stack.up()  # restarts the dead worker
+            await load
+        finally:
+            await producer.stop()
+        results = await await_all(settings, REPLIES, set(runs), lambda e: str(e.data["session_id"]), timeout_s=180)
+        finished_s = time.monotonic() - killed_at
+        # Everything the runs did is on the bus before their results (published in the same step): read it all.
+        transitions = await _events(settings, catalog.WORKFLOW_TRANSITIONS)
+        commands = await _events(settings, catalog.WORKFLOW_TASKS)
+    finally:
+        stack.down()
+
+    print(f"\nworkflow kill test: {RUNS} runs, all finished {finished_s:.1f}s after the kill; "
+          f"{len(transitions)} transitions and {len(commands)} task commands read (redelivered copies included)")
+    _check(runs, results, transitions, commands)
+
+
+def _check(runs: dict[str, tuple[str, int, int]], results: dict[str, list[Event]], transitions: list[Event],
+           commands: list[Event]) -> None:
+    """One right result per run; each task commanded once; each state change once."""
+    missing = sorted(set(runs) - set(results))
+    assert not missing, f"{len(missing)} runs never answered, e.g. {missing[:3]}"
+    wrong = {}
+    for session, (run_id, a, b) in runs.items():
+        outcomes = {e.id: json.loads(e.data["data"]) for e in results[session]}
+        expected = {"run_id": run_id, "status": "succeeded", "error": None,
+                    "output": {"total": (a + b) * 2 + (a + b) + 10, "started_with": a + b}}
+        if list(outcomes.values()) != [expected]:
+            wrong[session] = list(outcomes.values())
+    assert not wrong, f"{len(wrong)} runs without exactly their one right result, e.g. {list(wrong.items())[:2]}"
+    run_ids = {run_id for run_id, _, _ in runs.values()}
+    commands = [c for c in commands if c.data["run_id"] in run_ids]
+    twice = {k: ids for k, ids in _distinct_ids(commands, ("run_id", "task", "attempt")).items() if len(ids) > 1}
+    assert not twice, f"task commanded twice (different ids): {list(twice)[:3]}"
+    per_task = _distinct_ids(commands, ("run_id", "task"))
+    assert len(per_task) == RUNS * len(TASKS), f"{RUNS * len(TASKS) - len(per_task)} tasks never commanded"
+    changes = _distinct_ids([t for t in transitions if t.data["run_id"] in run_ids], ("run_id", "task", "to_state"))
+    doubled = {k: ids for k, ids in changes.items() if len(ids) > 1}
+    assert not doubled, f"state changes that happened twice: {list(doubled)[:3]}"
+    assert len(changes) == RUNS * (2 + 2 * len(TASKS)), "state changes missing from the audit trail"
