@@ -36,6 +36,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     UnsupportedForMessageFormatError,
 )
+from faust.exceptions import ProducerSendError
 
 from topics import catalog
 from topics.binding import KafkaRecord, decode_event, encode_event
@@ -61,6 +62,14 @@ def sources_of(processor: Processor | StatefulProcessor) -> tuple[TopicSpec, ...
     """The topics a processor reads: its `sources` if it declares several, else its `source`."""
     sources: tuple[TopicSpec, ...] | None = getattr(processor, "sources", None)
     return tuple(sources) if sources else (processor.source,)
+
+
+def _kafka_error(exc: BaseException) -> KafkaError | None:
+    """The Kafka client's error behind `exc`: Faust wraps what the producer raises in `ProducerSendError`."""
+    if isinstance(exc, KafkaError):
+        return exc
+    cause = exc.__cause__
+    return cause if isinstance(cause, KafkaError) else None
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes | None]]:
@@ -273,7 +282,7 @@ class StreamShell:
         return subject, out, {"state": stored, "at": applied, "seen": seen}
 
     async def publish(self, records: Sequence[tuple[TopicSpec, KafkaRecord]], *,
-                      letter: Callable[[str, str], tuple[TopicSpec, KafkaRecord]] | None = None) -> None:
+                      letter: Callable[..., tuple[TopicSpec, KafkaRecord]] | None = None) -> None:
         """Send `records` in order and wait until the broker has acknowledged every one.
 
         A send that fails is sent again, the same record, until acknowledged, with backoff: the input stays
@@ -297,6 +306,11 @@ class StreamShell:
             log.error("%s; dead-lettering the input", reason)
             lettered = True
             dead = letter(reason, type(refused).__name__)
+            if await self._acknowledged(*dead, await self._send(*dead)) is None:
+                continue
+            # The input itself is as large as the effect: keep its position, not its bytes.
+            dead = letter(f"{reason}; the input's value is left out of this letter (too large), read it at the "
+                          "topic, partition and offset given here", type(refused).__name__, keep_value=False)
             if await self._acknowledged(*dead, await self._send(*dead)) is not None:
                 log.error("the dead letter was refused too; dropped")
 
@@ -308,11 +322,14 @@ class StreamShell:
             try:
                 await future
                 return None
-            except _REFUSED as exc:
-                return exc
-            except KafkaError as exc:
+            except (KafkaError, ProducerSendError) as exc:
+                error = _kafka_error(exc)
+                if isinstance(error, _REFUSED):
+                    return error
+                if error is None:
+                    raise
                 log.warning("publishing to %s failed (%s: %s); sending it again in %.1fs", spec.name,
-                            type(exc).__name__, exc, delay)
+                            type(error).__name__, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
                 future = await self._send(spec, record)
@@ -324,18 +341,23 @@ class StreamShell:
         while True:
             try:
                 return await self.topic(spec).send(key=record.key, value=record.value, headers=record.headers)
-            except _REFUSED as exc:
-                refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                refused.set_exception(exc)
-                return refused
-            except KafkaError as exc:
-                log.warning("publishing to %s failed (%s); retrying in %.1fs", spec.name, exc, delay)
+            except (KafkaError, ProducerSendError) as exc:
+                error = _kafka_error(exc)
+                if isinstance(error, _REFUSED):
+                    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    refused.set_exception(error)
+                    return refused
+                if error is None:
+                    raise
+                log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", spec.name, type(error).__name__,
+                            error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
 
     def _letter(self, processor: Processor | StatefulProcessor, message: Any,
-                headers: list[tuple[str, bytes | None]], reason: str, error: str) -> tuple[TopicSpec, KafkaRecord]:
-        """The dead letter for `message`, to publish with the batch's effects."""
+                headers: list[tuple[str, bytes | None]], reason: str, error: str, *,
+                keep_value: bool = True) -> tuple[TopicSpec, KafkaRecord]:
+        """The dead letter for `message` (with its original bytes unless `keep_value` is false)."""
         log.warning("dead-lettering %s/%s/%s: %s", message.topic, message.partition, message.offset, reason)
         timestamp = getattr(message, "timestamp", None)
         letter = dead_letter(
@@ -343,7 +365,7 @@ class StreamShell:
             partition=message.partition,
             offset=message.offset,
             key=message.key,
-            value=message.value,
+            value=message.value if keep_value else None,
             headers=headers,
             timestamp_ms=int(timestamp * 1000) if timestamp else None,
             reason=reason,
