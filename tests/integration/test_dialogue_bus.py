@@ -104,3 +104,31 @@ async def test_a_person_s_words_reach_the_chat_between_turns(stack: Settings) ->
         taken, written = await anext(arrived), await anext(arrived)
     assert taken.data["text"] == "You are now talking to alice."
     assert (written.data["author"], written.data["text"]) == ("human:alice", "Hi, Alice here. How can I help?")
+
+
+async def test_a_reply_too_large_for_the_bus_dead_letters_its_turn_and_the_session_goes_on(stack: Settings) -> None:
+    """The echo agent answers "You said: <text>": a turn just under the worker's producer limit (1,000,000 bytes)
+    makes a reply just over it. The broker can never take that reply, so the turn is dead-lettered with the reason
+    (its bytes left out, being as large) and the session's next turn is answered as usual."""
+    session = f"big-{uuid.uuid4().hex[:8]}"
+    codec = AvroCodec()
+    big = Event(type=catalog.DIALOGUE_TURNS.value_schema, source="/tests/too-large", subject=session,
+                data={"session_id": session, "agent": "echo", "text": "x" * 999_900})
+    record = encode_event(big, codec)
+    producer = make_producer(stack, max_request_size=2_000_000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(catalog.DIALOGUE_TURNS.name, record.value, key=record.key,
+                                     headers=record.headers)
+    finally:
+        await producer.stop()
+    letter = await wait_for_event(stack, catalog.DEAD_LETTERS,
+                                  lambda e: e.data["processor"] == "echo" and e.data["topic"] == "dialogue.turns"
+                                  and e.data["key"] == session.encode())
+    assert letter.data["error"] == "MessageSizeTooLargeError"
+    assert "refused an effect for topic dialogue.replies" in letter.data["reason"]
+    assert letter.data["value"] is None, "the input is as large as the reply; the letter keeps its position only"
+
+    async with ChatSession(stack, "echo", session) as chat:
+        _, replies = await chat.say("still there?")
+    assert [r.data["text"] for r in replies] == ["You said: still there? (turn 2)"]
