@@ -260,6 +260,17 @@ class ServingSettings(_Section):
         return self.ray_address is None
 
 
+class WorkflowSettings(_Section):
+    """The workflow engine's task workers (docs/workflows.md)."""
+
+    claim_check_bytes: int = Field(65536, ge=0, le=900_000, description="a task output larger than this (as JSON) "
+        "travels as the URI of its copy in object storage, never on the bus (claim check); every output is "
+        "stored there anyway, so that a task that succeeded is never run again")
+    sql_connections: dict[str, SecretStr] = Field(default_factory=dict, description="named PostgreSQL connection "
+        "strings for the sql_query executor (`connection: NAME`), so that no password rides in task params; as an "
+        "environment variable a JSON object")
+
+
 class Settings(BaseSettings):
     """Everything Switchboard needs to run, embedded or against real services."""
 
@@ -279,6 +290,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     bridge: BridgeSettings = BridgeSettings()
     serving: ServingSettings = ServingSettings()
+    workflows: WorkflowSettings = WorkflowSettings()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -313,6 +325,10 @@ class Settings(BaseSettings):
                 return
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            if isinstance(value, dict):
+                env[key] = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                                       for k, v in value.items()})
+                return
             if isinstance(value, tuple | list):  # complex values travel as JSON, as pydantic-settings reads them
                 env[key] = json.dumps([item.model_dump(mode="json") if isinstance(item, BaseModel) else str(item)
                                        for item in value])

@@ -108,7 +108,7 @@ def run(ctx: click.Context, name: str, payload: str, offline: bool, wait: bool, 
         from agents.workflows.offline import run_offline
 
         result = asyncio.run(run_offline(workflows[name], data, run_id=run_id))
-        click.echo(json.dumps({"run_id": run_id, "status": result.status, "output": result.state.get("output"),
+        click.echo(json.dumps({"run_id": run_id, "status": result.status, "output": result.output,
                                "error": result.state.get("error")}, default=str))
         sys.exit(0 if result.status == "succeeded" else 2)
     asyncio.run(_send(settings, catalog.WORKFLOW_REQUESTS.name, _request(run_id, name, data)))
@@ -118,7 +118,8 @@ def run(ctx: click.Context, name: str, payload: str, offline: bool, wait: bool, 
         return
     final = asyncio.run(_await_end(settings, run_id, timeout))
     detail = json.loads(final.data["detail"] or "{}")
-    click.echo(json.dumps({"run_id": run_id, "status": final.data["to_state"], "output": detail.get("output"),
+    output = asyncio.run(_resolved(settings, detail.get("output")))
+    click.echo(json.dumps({"run_id": run_id, "status": final.data["to_state"], "output": output,
                            "error": detail.get("error")}, default=str))
     sys.exit(0 if final.data["to_state"] == "succeeded" else 2)
 
@@ -170,6 +171,20 @@ async def _send(settings: Settings, topic: str, event: Event) -> None:
         await client.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
     finally:
         await client.stop()
+
+
+async def _resolved(settings: Settings, output: Any) -> Any:
+    """The run's output with claim-checked parts (too large for the bus) read back from object storage."""
+    from agents.workflows.claims import find_markers, resolve_markers
+    from agents.workflows.storage import OutputStore, S3Store
+
+    if not any(True for _ in find_markers(output)):
+        return output
+    store = S3Store.from_settings(settings, wait_s=30)
+    try:
+        return await resolve_markers(output, OutputStore(store).load_output)
+    finally:
+        await store.close()
 
 
 async def _await_end(settings: Settings, run_id: str, within_s: float) -> Event:

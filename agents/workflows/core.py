@@ -31,8 +31,9 @@ from typing import Any, Final
 
 from agents.dialogue.errors import ExpressionError, TemplateError
 from agents.dialogue.expressions import Expression, compile_expression, truthy
-from agents.dialogue.templates import render_value
-from agents.workflows.model import SCOPE_NAMES, RetryPolicy
+from agents.dialogue.templates import Template, compile_template, render_value
+from agents.workflows.claims import ClaimRef, as_markers, marker
+from agents.workflows.model import SCOPE_NAMES, RetryPolicy, template_leaves
 
 __all__ = ["DONE", "RUN_STATUSES", "TASK_STATUSES", "CancelRun", "Command", "DeadLetterTask", "FinishRun",
            "RetryDue", "RunEvent", "RunTask", "ScheduleRetry", "StartRun", "TaskFailed", "TaskSucceeded",
@@ -62,11 +63,14 @@ class StartRun:
 
 @dataclass(frozen=True)
 class TaskSucceeded:
+    """An attempt succeeded; a large output is not here but in object storage at `output_uri` (claim check)."""
+
     task: str
     attempt: int
     output: Any
     at_ms: int
     started_ms: int | None = None
+    output_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,9 +204,18 @@ def due_retries(state: Mapping[str, Any], now_ms: int) -> list[RetryDue]:
             and task["not_before_ms"] <= now_ms]
 
 
+class ClaimedOutputError(ValueError):
+    """A template or condition needs the value of an output that is only referenced (claim-checked)."""
+
+
 @lru_cache(maxsize=512)
 def _condition(source: str) -> Expression:
     return compile_expression(source, names=SCOPE_NAMES)
+
+
+@lru_cache(maxsize=1024)
+def _template(text: str) -> Template:
+    return compile_template(text, names=SCOPE_NAMES)
 
 
 class _Run:
@@ -238,7 +251,10 @@ class _Run:
         self.commands.append(Transition(self.run_id, self.workflow["name"], task, before, to, reason, attempt, at_ms))
 
     def scope(self) -> dict[str, Any]:
-        tasks = {name: {"output": entry["output"], "status": entry["status"], "attempts": entry["attempt"]}
+        """What templates read. A claim-checked output is a `ClaimRef`: rendered, it becomes a marker that the
+        task worker resolves from object storage."""
+        tasks = {name: {"output": ClaimRef(entry["output_uri"]) if entry.get("output_uri") else entry["output"],
+                        "status": entry["status"], "attempts": entry["attempt"]}
                  for name, entry in self.state["tasks"].items()}
         return {"input": self.state["input"], "tasks": tasks,
                 "run": {"id": self.run_id, "workflow": self.workflow["name"]}}
@@ -253,8 +269,9 @@ class _Run:
             "requester": event.requester, "reply_to": event.reply_to, "reply_key": event.reply_key,
             "started_ms": event.at_ms, "finished_ms": None, "output": None, "error": None,
             "order": Workflow.from_spec(workflow).order(),
-            "tasks": {spec["name"]: {"status": "waiting", "attempt": 0, "output": None, "error": None,
-                                     "not_before_ms": None, "history": []} for spec in workflow["tasks"]},
+            "tasks": {spec["name"]: {"status": "waiting", "attempt": 0, "output": None, "output_uri": None,
+                                     "error": None, "not_before_ms": None, "history": []}
+                      for spec in workflow["tasks"]},
         })
         self.move(None, "running", f"started by {event.requester or 'a request'}", event.at_ms)
         self.dispatch(event.at_ms)
@@ -269,7 +286,8 @@ class _Run:
         entry = self.running(event.task, event.attempt)
         if entry is None:
             return
-        entry["output"] = event.output
+        entry["output"] = None if event.output_uri else event.output
+        entry["output_uri"] = event.output_uri
         entry["error"] = None
         entry["history"].append({"attempt": event.attempt, "status": "succeeded", "error": None,
                                  "started_ms": event.started_ms, "finished_ms": event.at_ms})
@@ -337,11 +355,14 @@ class _Run:
         entry = self.state["tasks"][name]
         scope = self.scope()
         try:
-            if spec.get("condition") and not truthy(_condition(spec["condition"]).evaluate(scope)):
-                self.move(name, "skipped", f"condition `{spec['condition']}` is false", at_ms)
-                return
-            params = render_value(spec.get("params") or {}, scope)
-        except (ExpressionError, TemplateError) as exc:
+            if spec.get("condition"):
+                condition = _condition(spec["condition"])
+                self.refuse_claimed(condition.paths, f"the condition `{spec['condition']}`")
+                if not truthy(condition.evaluate(scope)):
+                    self.move(name, "skipped", f"condition `{spec['condition']}` is false", at_ms)
+                    return
+            params = self.render(spec.get("params") or {}, scope)
+        except (ExpressionError, TemplateError, ClaimedOutputError) as exc:
             entry["attempt"] += 1
             entry["error"] = str(exc)
             entry["history"].append({"attempt": entry["attempt"], "status": "failed", "error": str(exc),
@@ -360,8 +381,8 @@ class _Run:
         entry = self.state["tasks"][name]
         self.move(name, "failed", reason, at_ms)
         try:
-            params = render_value(spec.get("params") or {}, self.scope())
-        except (ExpressionError, TemplateError):
+            params = self.render(spec.get("params") or {}, self.scope())
+        except (ExpressionError, TemplateError, ClaimedOutputError):
             params = dict(spec.get("params") or {})
         self.commands.append(DeadLetterTask(self.run_id, self.workflow["name"], name, spec["executor"], params,
                                             entry["error"] or reason, tuple(entry["history"])))
@@ -380,20 +401,55 @@ class _Run:
             return
         try:
             output = self.output()
-        except (ExpressionError, TemplateError) as exc:
+        except (ExpressionError, TemplateError, ClaimedOutputError) as exc:
             self.finish("failed", None, f"cannot render the workflow's output: {exc}", at_ms)
             return
         self.finish("succeeded", output, None, at_ms)
 
     def output(self) -> Any:
+        """The run's output; a claim-checked part stays a marker (the result never carries a large output)."""
         if self.workflow.get("output") is not None:
-            return render_value(self.workflow["output"], self.scope())
+            return self.render(self.workflow["output"], self.scope(), "the workflow's output")
         needed = {dep for spec in self.workflow["tasks"] for dep in spec["depends_on"]}
         sinks = [name for name in self.order() if name not in needed]
         tasks = self.state["tasks"]
+
+        def of(entry: Mapping[str, Any]) -> Any:
+            return marker(entry["output_uri"]) if entry.get("output_uri") else entry["output"]
+
         if len(sinks) == 1:
-            return tasks[sinks[0]]["output"]
-        return {name: tasks[name]["output"] for name in sinks}
+            return of(tasks[sinks[0]])
+        return {name: of(tasks[name]) for name in sinks}
+
+    # -- claim checks -----------------------------------------------------------------------------------------
+    def claimed(self) -> set[str]:
+        return {name for name, entry in self.state["tasks"].items() if entry.get("output_uri")}
+
+    def refuse_claimed(self, paths: frozenset[str], what: str) -> None:
+        """Raise if `paths` read a claim-checked output: its value is not here, only its URI."""
+        claimed = self.claimed()
+        for path in sorted(paths):
+            parts = path.split(".")
+            if len(parts) >= 3 and parts[0] == "tasks" and parts[1] in claimed and parts[2] == "output":
+                raise ClaimedOutputError(
+                    f"{what} reads {path}, but task {parts[1]}'s output was larger than the claim-check limit and "
+                    "is in object storage, not in the run: pass it whole to a task (a param that is exactly "
+                    f"{{{{{path}}}}}), have {parts[1]} return a smaller summary to test, or raise "
+                    "workflows.claim_check_bytes")
+
+    def render(self, value: Any, scope: Mapping[str, Any], where: str = "params") -> Any:
+        """`render_value`, where a template reading a claim-checked output must be exactly one placeholder that
+        gives the reference itself (it becomes a marker); text built from it, or a function of it, is refused."""
+        claimed = self.claimed()
+        if not claimed:
+            return render_value(value, scope)
+        for path, text in template_leaves(value, where):
+            template = _template(text)
+            if template.single is None or any(p.startswith("tasks.") and p.split(".")[1] in claimed
+                                               and not isinstance(render_value(text, scope), ClaimRef)
+                                               for p in template.paths):
+                self.refuse_claimed(template.paths, f"{path} `{text}`")
+        return as_markers(render_value(value, scope))
 
     def finish(self, status: str, output: Any, error: str | None, at_ms: int) -> None:
         self.state.update({"output": output, "error": error, "finished_ms": at_ms})

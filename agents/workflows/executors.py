@@ -1,6 +1,7 @@
-"""Executors: what a task runs. Built in: `python` (a callable by import path) and `http_client`; more come from
-plugins, as `BaseExecutor` subclasses registered in the `switchboard.executors` entry-point group, so installing a
-pip package adds skills:
+"""Executors: what a task runs. Built in: `python` (a callable by import path), `http_client`, `pandas_processor`
+(`agents.workflows.frames`), `s3_uploader` (`agents.workflows.uploads`) and `sql_query` (`agents.workflows.sql`);
+more come from plugins, as `BaseExecutor` subclasses registered in the `switchboard.executors` entry-point group,
+so installing a pip package adds skills:
 
     [project.entry-points."switchboard.executors"]
     database_query = "mypkg.executors:DatabaseQueryExecutor"
@@ -13,37 +14,28 @@ transient (worth retrying: `TransientError`, connection errors, timeouts) or not
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
+from agents.workflows.base import BaseExecutor, resolve
 from agents.workflows.errors import PermanentError, TransientError, WorkflowError
+from agents.workflows.frames import PandasProcessorExecutor
+from agents.workflows.sql import SqlQueryExecutor
+from agents.workflows.uploads import S3UploaderExecutor
+from infra.config import Settings
 
 __all__ = ["BUILTIN_EXECUTORS", "ENTRY_POINT_GROUP", "BaseExecutor", "HttpClientExecutor", "Outcome",
-           "PythonExecutor", "discover_executors", "executor_params", "failed_outcome", "run_executor"]
+           "PythonExecutor", "discover_executors", "executor_params", "failed_outcome", "resolve", "run_executor",
+           "with_defaults"]
 
 ENTRY_POINT_GROUP: Final = "switchboard.executors"
 #: Exception types retried as transient besides `TransientError` (a subclass of either counts too).
 _TRANSIENT: Final = (TransientError, ConnectionError, TimeoutError)
-
-
-class BaseExecutor:
-    """Subclass and implement `execute(params)` (sync or async); return a JSON-able value, the task's output.
-
-    Raise `TransientError` for a failure that may pass and `PermanentError` for one that will not; any other
-    exception counts as permanent unless the task's `retry_on` names its type. `required_params` are checked when a
-    workflow loads, so a missing one is reported with the file and line instead of failing at run time.
-    """
-
-    required_params: ClassVar[tuple[str, ...]] = ()
-
-    def execute(self, params: Mapping[str, Any]) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement execute(params)")
 
 
 class PythonExecutor(BaseExecutor):
@@ -64,28 +56,6 @@ class PythonExecutor(BaseExecutor):
             return await function(*args, **kwargs)
         result = await asyncio.to_thread(function, *args, **kwargs)
         return await result if inspect.isawaitable(result) else result
-
-
-def resolve(path: str) -> Any:
-    """The object at `module:attribute` (dots allowed after the colon)."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise PermanentError(f"python executor: function {path!r} must look like 'package.module:name'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PermanentError(f"python executor: cannot import {module_name!r} ({exc}); install the package that "
-                             "provides it on the workers") from exc
-    for part in attribute.split("."):
-        if part.startswith("_"):
-            raise PermanentError(f"python executor: {path!r} names a private attribute; expose a public function")
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise PermanentError(f"python executor: {module_name} has no {attribute!r}; check the name") from None
-    if not callable(target):
-        raise PermanentError(f"python executor: {path!r} is not callable")
-    return target
 
 
 class HttpClientExecutor(BaseExecutor):
@@ -132,16 +102,19 @@ class HttpClientExecutor(BaseExecutor):
 
 
 BUILTIN_EXECUTORS: Final[Mapping[str, type[BaseExecutor]]] = {
-    "python": PythonExecutor, "http_client": HttpClientExecutor,
+    "python": PythonExecutor, "http_client": HttpClientExecutor, "pandas_processor": PandasProcessorExecutor,
+    "s3_uploader": S3UploaderExecutor, "sql_query": SqlQueryExecutor,
 }
 
 
-def discover_executors() -> dict[str, BaseExecutor]:
+def discover_executors(settings: Settings | None = None) -> dict[str, BaseExecutor]:
     """The built-in executors and every plugin in the `switchboard.executors` entry-point group, instantiated.
 
-    An entry point may name a `BaseExecutor` subclass (instantiated without arguments) or an instance.
+    An entry point may name a `BaseExecutor` subclass (instantiated without arguments) or an instance. Built-ins
+    that use settings (S3, named SQL connections) get `settings`, or load them from the environment when needed.
     """
-    found: dict[str, BaseExecutor] = {name: cls() for name, cls in BUILTIN_EXECUTORS.items()}
+    found: dict[str, BaseExecutor] = {name: cls(settings) if cls in _USE_SETTINGS else cls()  # type: ignore[call-arg]
+                                      for name, cls in BUILTIN_EXECUTORS.items()}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name in BUILTIN_EXECUTORS:
             raise WorkflowError(f"plugin executor {point.name!r} ({point.value}) has the name of a built-in one; "
@@ -157,6 +130,19 @@ def discover_executors() -> dict[str, BaseExecutor]:
                                 "subclass agents.workflows.BaseExecutor")
         found[point.name] = executor
     return found
+
+
+_USE_SETTINGS: Final = frozenset({S3UploaderExecutor, SqlQueryExecutor})
+
+
+def with_defaults(spec: Mapping[str, Any], executors: Mapping[str, BaseExecutor]) -> dict[str, Any]:
+    """A workflow spec whose tasks also have their executors' default params (a task's own params win)."""
+    tasks = []
+    for task in spec["tasks"]:
+        executor = executors.get(task["executor"])
+        defaults = executor.defaults(task["name"], tuple(task["depends_on"])) if executor is not None else {}
+        tasks.append({**task, "params": {**defaults, **(task.get("params") or {})}} if defaults else dict(task))
+    return {**spec, "tasks": tasks}
 
 
 def executor_params(executors: Mapping[str, BaseExecutor]) -> dict[str, tuple[str, ...]]:

@@ -3,6 +3,8 @@ in-memory queue instead of Kafka: for `switchboard workflow run --offline` and t
 
 Every event is encoded and decoded with the Avro codec on its way, so what works here also fits on the wire. A
 retry's wait is skipped (the timer's event is sent at the not-before time at once), so offline runs are quick.
+Outputs are kept in an in-process store, with the same claim checks as on the bus (`claim_check_bytes`), and the
+run's output comes back resolved.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.workflows.claims import resolve_markers
 from agents.workflows.core import due_retries
-from agents.workflows.executors import BaseExecutor
+from agents.workflows.executors import BaseExecutor, discover_executors
 from agents.workflows.model import Workflow
 from agents.workflows.processors import TaskWorker, WorkflowRunner, at, request_event
+from agents.workflows.storage import MemoryStore, OutputStore
 from topics import catalog
 from topics.binding import decode_event, encode_event
 from topics.codec import AvroCodec
@@ -30,6 +34,8 @@ class OfflineRun:
 
     state: dict[str, Any]
     published: dict[str, list[Event]] = field(default_factory=dict)
+    #: The run's output with claim-checked parts read back from the store.
+    output: Any = None
 
     @property
     def status(self) -> str:
@@ -38,11 +44,13 @@ class OfflineRun:
 
 async def run_offline(workflow: Workflow, payload: Mapping[str, Any], *,
                       executors: Mapping[str, BaseExecutor] | None = None, run_id: str | None = None,
-                      max_steps: int = 10_000) -> OfflineRun:
+                      max_steps: int = 10_000, claim_check_bytes: int = 65536) -> OfflineRun:
     """Run `workflow` with input `payload` to its end."""
     codec = AvroCodec()
-    runner = WorkflowRunner({workflow.name: workflow})
-    worker = TaskWorker(executors, concurrency=1, worker="offline")
+    executors = discover_executors() if executors is None else executors
+    outputs = OutputStore(MemoryStore(), claim_check_bytes=claim_check_bytes)
+    runner = WorkflowRunner({workflow.name: workflow}, executors=executors)
+    worker = TaskWorker(executors, concurrency=1, worker="offline", outputs=outputs)
     run_id = run_id or str(uuid.uuid4())
     state: dict[str, Any] = {}
     result = OfflineRun(state)
@@ -70,4 +78,5 @@ async def run_offline(workflow: Workflow, payload: Mapping[str, Any], *,
             queue.extend(emits)
         elif emit.topic == worker.source:
             queue.extend(await worker.handle(event))
+    result.output = await resolve_markers(state.get("output"), outputs.load_output)
     return result

@@ -7,9 +7,11 @@ calls `advance`, and publishes the commands: task commands to `workflow.tasks`, 
 `reply_to`/`reply_key` as a `workflow_result` signal, exactly as the inline runner answers a dialogue. Its `sweep`
 (the shell's timer) sends `retry_due` for retries whose wait is over, so a waiting retry blocks nothing.
 
-`TaskWorker` consumes task commands, runs the executor under the task's timeout and emits the result. Results
-carry ids derived from the command, and the core ignores results of attempts that are not running, so a command
-run twice (a worker killed before committing) changes the run once.
+`TaskWorker` consumes task commands, runs the executor under the task's timeout and emits the result. With an
+`OutputStore` (object storage), it first looks for the output of that task's earlier success, and stores every
+success before it publishes the result: a command delivered again after a crash is answered from storage without
+running the executor. Outputs over the claim-check limit travel as their URI only (`output_uri`), and params that
+refer to such outputs (markers, `agents.workflows.claims`) are resolved from storage before the executor runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from agents.workflows.claims import find_markers, resolve_markers
 from agents.workflows.core import (
     CancelRun,
     Command,
@@ -40,8 +43,16 @@ from agents.workflows.core import (
     due_retries,
 )
 from agents.workflows.errors import PermanentError
-from agents.workflows.executors import BaseExecutor, Outcome, discover_executors, failed_outcome, run_executor
+from agents.workflows.executors import (
+    BaseExecutor,
+    Outcome,
+    discover_executors,
+    failed_outcome,
+    run_executor,
+    with_defaults,
+)
 from agents.workflows.model import Workflow
+from agents.workflows.storage import OutputStore
 from topics import catalog
 from topics.errors import TopicError
 from topics.event import Event, derived_id
@@ -94,9 +105,12 @@ class WorkflowRunner:
     source = catalog.WORKFLOW_REQUESTS
     sources = (catalog.WORKFLOW_REQUESTS, catalog.WORKFLOW_RESULTS, catalog.WORKFLOW_CONTROL)
 
-    def __init__(self, workflows: Mapping[str, Workflow], *, answer_unknown: bool = True) -> None:
+    def __init__(self, workflows: Mapping[str, Workflow], *, answer_unknown: bool = True,
+                 executors: Mapping[str, BaseExecutor] | None = None) -> None:
         self.workflows = dict(workflows)
-        self.specs = {name: workflow.spec() for name, workflow in self.workflows.items()}
+        # A run keeps the definition it started with, executors' default params merged in (`BaseExecutor.defaults`).
+        known = discover_executors() if executors is None else executors
+        self.specs = {name: with_defaults(workflow.spec(), known) for name, workflow in self.workflows.items()}
         self.answer_unknown = answer_unknown
 
     def initial(self, subject: str) -> State:
@@ -126,7 +140,7 @@ class WorkflowRunner:
         if event.type == TASK_RESULT:
             if data["status"] == "succeeded":
                 return TaskSucceeded(data["task"], data["attempt"], json.loads(data["output"] or "null"),
-                                     data["finished_ms"], data["started_ms"])
+                                     data["finished_ms"], data["started_ms"], output_uri=data.get("output_uri"))
             return TaskFailed(data["task"], data["attempt"], data["error"] or "failed", data["finished_ms"],
                               tuple(data["error_types"]), bool(data["transient"]), data["started_ms"])
         if event.type == CONTROL:
@@ -241,8 +255,10 @@ class TaskWorker:
     """`workflow.tasks` -> run the executor -> `workflow.results`. Scale by running more workers.
 
     `concurrency` attempts run at once per worker (the app registers it with that many actors on the topic), so
-    the parallel branches of a run proceed in parallel even on one worker. The last results are remembered by
-    command id: a command delivered again to this worker (a rebalance) gets its result again without a rerun.
+    the parallel branches of a run proceed in parallel even on one worker. With `outputs`, every success is stored
+    before its result is published and looked up before a command runs (idempotence across crashes and workers),
+    and outputs over `outputs.claim_check_bytes` travel as a URI. The last results are also remembered by command
+    id, so a command delivered again to this worker (a rebalance) is answered without a look-up.
     """
 
     name = "workflow-tasks"
@@ -250,23 +266,18 @@ class TaskWorker:
     remembered: Final = 1024
 
     def __init__(self, executors: Mapping[str, BaseExecutor] | None = None, *, concurrency: int = 4,
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, outputs: OutputStore | None = None) -> None:
         self.executors = dict(discover_executors() if executors is None else executors)
         self.concurrency = concurrency
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.outputs = outputs
         self._done: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def handle(self, event: Event) -> Sequence[Emit]:
         command = event.data
         data = self._done.get(event.id)
         if data is None:
-            outcome = await self.run(command)
-            data = {"run_id": command["run_id"], "workflow": command["workflow"], "task": command["task"],
-                    "attempt": command["attempt"], "status": "succeeded" if outcome.succeeded else "failed",
-                    "output": json.dumps(outcome.output, sort_keys=True) if outcome.succeeded else None,
-                    "error": outcome.error, "error_types": list(outcome.error_types),
-                    "transient": outcome.transient, "started_ms": outcome.started_ms,
-                    "finished_ms": outcome.finished_ms, "worker": self.worker}
+            data = await self.attempt(command)
             self._done[event.id] = data
             while len(self._done) > self.remembered:
                 self._done.popitem(last=False)
@@ -274,17 +285,63 @@ class TaskWorker:
                               time=at(data["finished_ms"]))
         return [Emit(catalog.WORKFLOW_RESULTS, result)]
 
+    async def attempt(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """The result of one command: its stored success if there is one, else what running it gave (a success
+        stored first). Storage that does not answer is waited out here (back-pressure), never turned into a
+        failed result."""
+        where = (command["workflow"], command["run_id"], command["task"], command["attempt"])
+        if self.outputs is not None:
+            found = await self.outputs.find(*where)
+            if found is not None:
+                uri, record = found
+                log.info("%s/%s attempt %s: answered from %s without running it again", command["run_id"],
+                         command["task"], command["attempt"], uri)
+                return self._result(command, record, uri)
+        outcome = await self.run(command)
+        if not outcome.succeeded:
+            return self._data(command, "failed", None, None, outcome.error, outcome.error_types, outcome.transient,
+                              outcome.started_ms, outcome.finished_ms, self.worker)
+        record = {"output": outcome.output, "started_ms": outcome.started_ms, "finished_ms": outcome.finished_ms,
+                  "worker": self.worker}
+        saved = await self.outputs.save(*where, record) if self.outputs is not None else None
+        return self._result(command, record, saved)
+
+    def _result(self, command: Mapping[str, Any], record: Mapping[str, Any], uri: str | None) -> dict[str, Any]:
+        """A success: the output inline, or only its URI when it is over the claim-check limit."""
+        text = json.dumps(record["output"], sort_keys=True)
+        claimed = uri is not None and self.outputs is not None and len(text.encode()) > self.outputs.claim_check_bytes
+        return self._data(command, "succeeded", None if claimed else text, uri if claimed else None, None, (), False,
+                          int(record["started_ms"]), int(record["finished_ms"]), str(record.get("worker") or ""))
+
+    @staticmethod
+    def _data(command: Mapping[str, Any], status: str, output: str | None, output_uri: str | None,
+              error: str | None, error_types: Sequence[str], transient: bool, started_ms: int, finished_ms: int,
+              worker: str) -> dict[str, Any]:
+        return {"run_id": command["run_id"], "workflow": command["workflow"], "task": command["task"],
+                "attempt": command["attempt"], "status": status, "output": output, "output_uri": output_uri,
+                "error": error, "error_types": list(error_types), "transient": transient, "started_ms": started_ms,
+                "finished_ms": finished_ms, "worker": worker}
+
     async def run(self, command: Mapping[str, Any]) -> Outcome:
+        started = ms(datetime.now(UTC))
         executor = self.executors.get(command["executor"])
         if executor is None:
             known = ", ".join(sorted(self.executors))
             missing = PermanentError(f"this worker has no executor {command['executor']!r} (it has {known}); "
                                      "install the plugin that provides it on every worker")
-            return failed_outcome(missing, ms(datetime.now(UTC)))
+            return failed_outcome(missing, started)
         try:
             params = json.loads(command["params"] or "{}")
         except ValueError:
             params = {}
+        if any(True for _ in find_markers(params)):
+            if self.outputs is None:
+                return failed_outcome(PermanentError("the params refer to stored outputs (claim checks), and this "
+                                                     "worker has no object store; run it with settings"), started)
+            try:
+                params = await resolve_markers(params, self.outputs.load_output)
+            except PermanentError as exc:
+                return failed_outcome(exc, started)
         log.info("running %s/%s attempt %s with %s", command["run_id"], command["task"], command["attempt"],
                  command["executor"])
         return await run_executor(executor, params, command["timeout_s"])

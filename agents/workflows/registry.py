@@ -69,8 +69,16 @@ def deployment_workflows(settings: Settings | None = None) -> dict[str, Workflow
 
 
 def workflow_processors(workflows: Mapping[str, Workflow], *, answer_unknown: bool = False,
-                        executors: Mapping[str, BaseExecutor] | None = None) -> list[Processor | StatefulProcessor]:
-    """The engine's processors: the run processor and a task worker (with every installed executor)."""
+                        executors: Mapping[str, BaseExecutor] | None = None,
+                        settings: Settings | None = None) -> list[Processor | StatefulProcessor]:
+    """The engine's processors: the run processor and a task worker (with every installed executor). With
+    `settings`, the task worker keeps outputs in the configured object storage (idempotence, claim checks)."""
     from agents.workflows.processors import TaskWorker, WorkflowRunner
+    from agents.workflows.storage import OutputStore, S3Store
 
-    return [WorkflowRunner(workflows, answer_unknown=answer_unknown), TaskWorker(executors)]
+    executors = discover_executors(settings) if executors is None else executors
+    outputs = None
+    if settings is not None:
+        outputs = OutputStore(S3Store.from_settings(settings), claim_check_bytes=settings.workflows.claim_check_bytes)
+    return [WorkflowRunner(workflows, answer_unknown=answer_unknown, executors=executors),
+            TaskWorker(executors, outputs=outputs)]

@@ -5,6 +5,11 @@ the bus, so the kill lands on runs in every stage: requested, tasks commanded, t
 Afterwards every run has exactly one result, with the right output, and each of its steps exists once on the bus:
 one task command per task (a second command with another id would run the task twice), one transition per state
 change. Redelivered copies carry the same event id; readers drop them, so they are allowed.
+
+The runs are of `demo_tally`, whose every execution appends a line to a log file: a command delivered again after
+the kill (its result published, its offset not committed) is answered from object storage, so no task that
+succeeded runs twice. Only an execution cut off by the kill itself (the killed worker's pid on the line, its output
+never stored) may be followed by a second one.
 """
 
 from __future__ import annotations
@@ -54,8 +59,12 @@ async def _events(settings: Settings, topic: TopicSpec) -> list[Event]:
     return [decode_event(record.value, record.headers, codec) async for record in read_topic(settings, topic.name)]
 
 
-async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path) -> None:
+async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the workers import demo_steps (the tally) from the demo agent's folder
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TEST_AGENTS / "workflow_demo"),
+                                                                     os.environ.get("PYTHONPATH")])))
     settings = embedded_settings(tmp_path, workers={"count": 2, "agent_dirs": [TEST_AGENTS]})
+    tally = tmp_path / "executions.log"
     stack = EmbeddedStack(settings)
     runs: dict[str, tuple[str, int, int]] = {}  # session -> (run id, a, b)
     codec = AvroCodec()
@@ -68,7 +77,8 @@ async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path) -> None:
             for i in range(RUNS):
                 run_id, session = str(uuid.uuid4()), f"kw-{uuid.uuid4().hex[:8]}"
                 runs[session] = (run_id, i, i + 1)
-                event = request_event(run_id, "demo_diamond", {"a": i, "b": i + 1}, requester="sleepy",
+                event = request_event(run_id, "demo_tally", {"a": i, "b": i + 1, "log": str(tally)},
+                                      requester="sleepy",
                                       reply_to=REPLIES.name, reply_key=session, source="/tests/kill-workflow")
                 record = encode_event(event, codec)
                 await producer.send_and_wait(catalog.WORKFLOW_REQUESTS.name, record.value, key=record.key,
@@ -94,9 +104,15 @@ async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path) -> None:
     finally:
         stack.down()
 
+    executions = [line.split() for line in tally.read_text(encoding="utf-8").splitlines()]
+    reused = sum(log.read_text(errors="replace").count("without running it again")
+                 for log in (tmp_path / "logs").glob("worker-*.log"))
     print(f"\nworkflow kill test: {RUNS} runs, all finished {finished_s:.1f}s after the kill; "
-          f"{len(transitions)} transitions and {len(commands)} task commands read (redelivered copies included)")
+          f"{len(transitions)} transitions and {len(commands)} task commands read (redelivered copies included); "
+          f"{len(executions)} executions for {RUNS * len(TASKS)} tasks; {reused} command(s) delivered again were "
+          "answered from object storage")
     _check(runs, results, transitions, commands)
+    _check_executions(runs, executions, victim.pid)
 
 
 def _check(runs: dict[str, tuple[str, int, int]], results: dict[str, list[Event]], transitions: list[Event],
@@ -122,3 +138,14 @@ def _check(runs: dict[str, tuple[str, int, int]], results: dict[str, list[Event]
     doubled = {k: ids for k, ids in changes.items() if len(ids) > 1}
     assert not doubled, f"state changes that happened twice: {list(doubled)[:3]}"
     assert len(changes) == RUNS * (2 + 2 * len(TASKS)), "state changes missing from the audit trail"
+
+
+def _check_executions(runs: dict[str, tuple[str, int, int]], executions: list[list[str]], killed: int) -> None:
+    """Every task ran; none ran again after it succeeded (only a run cut off by the kill may be repeated)."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for key, pid in executions:
+        by_task[key].append(int(pid))
+    wanted = {f"{run_id}/{task}" for run_id, _, _ in runs.values() for task in TASKS}
+    assert not wanted - set(by_task), f"tasks that never ran: {sorted(wanted - set(by_task))[:3]}"
+    twice = {key: pids for key, pids in by_task.items() if key in wanted and any(p != killed for p in pids[:-1])}
+    assert not twice, f"tasks run again after they succeeded (pids of each execution): {list(twice.items())[:3]}"

@@ -1,5 +1,6 @@
 """The workflow engine on the real stack: the session worker runs the demo workflows of
-tests/agents/workflow_demo/workflows (a diamond, a flaky HTTP fetch, a poison task)."""
+tests/agents/workflow_demo/workflows (a diamond, a flaky HTTP fetch, a poison task, an output too large for the
+bus)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from agents.workflows.claims import marker, resolve_markers
 from agents.workflows.processors import request_event
+from agents.workflows.storage import OutputStore, S3Store
 from infra.bus.clients import producer as make_producer
 from infra.config import Settings
 from infra.testing import collect_events, wait_for_event
@@ -115,6 +118,30 @@ async def test_a_poison_task_ends_in_the_dead_letter_topic_with_its_history(stac
     assert [(h["attempt"], h["status"]) for h in dead.data["history"]] == [(1, "failed"), (2, "failed")]
     assert all("JSONDecodeError" in h["error"] and "ValueError" in h["error_types"] for h in dead.data["history"])
     assert dead.correlationid == (await _transitions(stack, run_id, 1))[0].correlationid
+
+
+async def test_a_large_output_rides_as_a_uri_and_the_next_task_still_gets_the_data(stack: Settings) -> None:
+    text = "switchboard " * 10_000  # 120,000 characters: over the 64 KiB claim-check limit
+    run_id, session = await _request(stack, "demo_big_output", {"text": "switchboard ", "times": 10_000})
+    result = await _result(stack, session)
+    assert result["status"] == "succeeded", result
+    assert result["output"]["length"] == len(text)  # `measure` got the text itself
+    # the result event carried the URI only, and so did the command of the task that used it
+    made = await wait_for_event(stack, catalog.WORKFLOW_RESULTS,
+                                lambda e: e.data["run_id"] == run_id and e.data["task"] == "make")
+    uri = made.data["output_uri"]
+    assert made.data["output"] is None and uri == f"s3://{stack.s3.bucket}/workflows/demo_big_output/{run_id}/make/1.json"
+    command = await wait_for_event(stack, catalog.WORKFLOW_TASKS,
+                                   lambda e: e.data["run_id"] == run_id and e.data["task"] == "measure")
+    assert json.loads(command.data["params"])["args"] == [marker(uri)]
+    # the run's result keeps the reference too; the requester reads it from object storage
+    assert result["output"]["text"] == marker(uri)
+    store = S3Store.from_settings(stack, wait_s=10)
+    try:
+        assert await resolve_markers(result["output"], OutputStore(store).load_output) == \
+            {"length": len(text), "text": text}
+    finally:
+        await store.close()
 
 
 SWITCHBOARD = [sys.executable, "-m", "infra.cli"]

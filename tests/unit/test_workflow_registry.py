@@ -22,7 +22,8 @@ DEMO = TESTS / "agents" / "workflow_demo" / "workflows"
 
 def test_the_demo_workflows_the_integration_stack_runs_are_valid() -> None:
     found = discover_workflows([TESTS / "agents"], plugins=False)
-    assert set(found) == {"demo_diamond", "demo_flaky_fetch", "demo_poison", "demo_slow"}
+    assert set(found) == {"demo_diamond", "demo_flaky_fetch", "demo_poison", "demo_slow", "demo_tally",
+                          "demo_big_output"}
     assert found["demo_diamond"].order() == ["start", "double", "plus_ten", "join"]
 
 
@@ -66,7 +67,7 @@ def test_an_engine_workflow_may_not_shadow_an_inline_one() -> None:
 def test_cli_check_and_offline_run() -> None:
     runner = CliRunner()
     checked = runner.invoke(cli, ["workflow", "check", str(DEMO)], obj={})
-    assert checked.exit_code == 0 and "4 file(s) valid" in checked.output
+    assert checked.exit_code == 0 and "6 file(s) valid" in checked.output
     ran = runner.invoke(cli, ["workflow", "run", str(DEMO / "diamond.yaml"), "--offline", "--input",
                               '{"a": 1, "b": 2}'], obj={})
     assert ran.exit_code == 0, ran.output
