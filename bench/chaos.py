@@ -16,8 +16,9 @@ catching up and after.
     python -m bench.chaos --cycles 2 --rate 100            # a quick look (a couple of minutes)
     python -m bench.chaos --workers 3 --json chaos.json
 
-`--load dialogue` (turns to the echo agent, replies back) is the only load today; a workflow load (issue 5) is
-another `bench.loads.Load` added to `LOADS`.
+`--load dialogue` (turns to the echo agent, replies back) or `--load workflow` (runs of a four-task workflow,
+bench/agents/bench_flows, each answered by its final transition; `--rate` is then runs/s, and each run is ten
+state changes and four task hops).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from pathlib import Path
 
 import psutil
 
-from bench.loads import DialogueLoad, Load, Observer, Producer, until
+from bench.loads import DialogueLoad, Load, Observer, Producer, WorkflowLoad, until
 from infra.config import Settings
 from infra.embedded import EmbeddedStack
 from infra.testing import embedded_settings
 
-LOADS: dict[str, Callable[[], Load]] = {"dialogue": DialogueLoad}
+LOADS: dict[str, Callable[[], Load]] = {"dialogue": DialogueLoad, "workflow": WorkflowLoad}
 
 
 @dataclass
@@ -164,7 +165,7 @@ async def run(args: argparse.Namespace, progress: Callable[[str], None] = print)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="switchboard-chaos-") as tmp:
         data_dir = args.data_dir or Path(tmp)
-        settings: Settings = embedded_settings(data_dir, workers={"count": args.workers})
+        settings: Settings = embedded_settings(data_dir, workers={"count": args.workers, **load.workers})
         stack = EmbeddedStack(settings)
         try:
             progress(f"starting the embedded stack with {args.workers} workers (data in {data_dir})")

@@ -46,6 +46,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -183,6 +184,13 @@ class ScriptedTurns:
     def cause_of(self, effect: Event) -> str | None:
         turn = effect.data.get("in_reply_to")
         return str(turn) if turn else None
+
+    def text_of(self, effect: Event) -> str:
+        return str(effect.data.get("text", ""))
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        return {}
 
     def correct(self, effect: Effect) -> bool:
         return effect.text == self.expected[effect.cause].reply

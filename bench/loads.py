@@ -2,9 +2,9 @@
 follows their effects, so lost, duplicated and late effects can be counted.
 
 A load sends events whose effects carry the cause's id (`ce_causationid`); `Observer` reads the effect topic from
-the beginning and records, per cause, when its first effect arrived and which distinct effect ids it got. Only a
-dialogue load exists today (`DialogueLoad`: turns to the echo agent, replies back). A workflow load (issue 5) plugs
-in as another `Load`: its own input topic, effect topic and state check.
+the beginning and records, per cause, when its first effect arrived and which distinct effect ids it got. Two loads:
+`DialogueLoad` (turns to the echo agent, replies back) and `WorkflowLoad` (runs of a four-task workflow, each
+answered by its run's final transition).
 
 Times are `time.monotonic()` in this process: the send timestamp is taken just before the send, the arrival time
 when the observer's consumer hands the effect over, so a latency is "produced -> effect consumed".
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -82,6 +84,15 @@ class Load(Protocol):
         """Where the processors' state disagrees with what it would be had nothing crashed."""
         ...
 
+    def text_of(self, effect: Event) -> str:
+        """What of `effect` the state check needs."""
+        ...
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        """Worker settings the load needs deployed (e.g. extra agent folders with its workflows)."""
+        ...
+
 
 _TURN_NUMBER = re.compile(r"\(turn (\d+)\)$")
 
@@ -110,6 +121,13 @@ class DialogueLoad:
     def cause_of(self, effect: Event) -> str | None:
         return effect.causationid
 
+    def text_of(self, effect: Event) -> str:
+        return str(effect.data.get("text", ""))
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        return {}
+
     def state_errors(self, effects: dict[str, list[Effect]]) -> list[str]:
         numbers: dict[str, list[int]] = defaultdict(list)
         expected: dict[str, int] = defaultdict(int)
@@ -128,6 +146,61 @@ class DialogueLoad:
             got = sorted(numbers.get(session, []))
             if got != list(range(1, len(got) + 1)):
                 errors.append(f"{session}: turn numbers {_ranges(got)} for {count} turns")
+        return errors
+
+
+BENCH_AGENTS = Path(__file__).resolve().parent / "agents"
+
+
+class WorkflowLoad:
+    """Runs of `bench_diamond` (bench/agents/bench_flows: start -> double, plus_ten -> join), each with its own
+    input; a run is answered by its final transition on `workflow.transitions`, whose output shows whether the run's
+    state stayed exact ((a + b) * 3 + 10; a task result lost or applied twice would change it or stall the run)."""
+
+    name = "workflow"
+    input_topic = catalog.WORKFLOW_REQUESTS
+    effect_topic = catalog.WORKFLOW_TRANSITIONS
+    workflow = "bench_diamond"
+
+    def __init__(self) -> None:
+        self.codec = AvroCodec()
+        self.sent: dict[str, Sent] = {}
+        self.failed_attempts = 0
+        self.runs: dict[str, str] = {}          # run id -> request event id
+        self.inputs: dict[str, int] = {}        # request event id -> a (b = a + 1)
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        return {"agent_dirs": [BENCH_AGENTS]}
+
+    def next_record(self, index: int) -> tuple[str, str, int, KafkaRecord]:
+        from agents.workflows.processors import request_event
+
+        run_id = str(uuid.uuid4())
+        event = request_event(run_id, self.workflow, {"a": index, "b": index + 1}, requester="bench",
+                              source="/bench/chaos")
+        self.runs[run_id] = event.id
+        self.inputs[event.id] = index
+        return event.id, run_id, 1, encode_event(event, self.codec)
+
+    def cause_of(self, effect: Event) -> str | None:
+        if effect.data.get("task") is not None or effect.data.get("to_state") not in ("succeeded", "failed"):
+            return None
+        return self.runs.get(str(effect.data.get("run_id")))
+
+    def text_of(self, effect: Event) -> str:
+        return json.dumps({"state": effect.data.get("to_state"), **json.loads(effect.data.get("detail") or "{}")})
+
+    def state_errors(self, effects: dict[str, list[Effect]]) -> list[str]:
+        errors = []
+        for cause, seen in effects.items():
+            a = self.inputs.get(cause)
+            if a is None:
+                continue
+            expected = {"state": "succeeded", "output": {"total": (2 * a + 1) * 3 + 10}, "error": None}
+            got = json.loads(seen[0].text)
+            if got != expected:
+                errors.append(f"run of request {cause}: {got}, expected {expected}")
         return errors
 
 
@@ -224,7 +297,7 @@ class Observer:
             if cause is None or cause not in self.load.sent:
                 continue
             self.records += 1
-            effect = Effect(event.id, cause, arrived, record.timestamp, str(event.data.get("text", "")))
+            effect = Effect(event.id, cause, arrived, record.timestamp, self.load.text_of(event))
             self.effects.setdefault(cause, []).append(effect)
             self.first.setdefault(cause, arrived)
             if self.on_effect is not None:
