@@ -111,6 +111,7 @@ def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
 
     `recognisers` (agent -> recogniser) replaces the keyword recognisers, e.g. with served ones (serving/)."""
     from agents.dialogue.processor import DialogueAgent, RecogniserStage, keyword_recognisers
+    from agents.directory import directory_of
     from agents.inline_workflows import InlineWorkflowRunner
 
     found = discover_agents() if agents is None else agents
@@ -125,7 +126,8 @@ def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
     processors: list[Processor | StatefulProcessor] = [
         RecogniserStage(keyword_recognisers(policies) if recognisers is None else recognisers,
                         others=PYTHON_AGENTS)]
-    processors.extend(DialogueAgent(policy) for policy in policies)
+    directory = directory_of(policies)  # whom `delegate` and `transfer` may address: the agents deployed together
+    processors.extend(DialogueAgent(policy, directory) for policy in policies)
     clash = sorted(set(workflows) & set(engine_workflows))
     if clash:
         raise DialogueError(f"workflow(s) {', '.join(clash)} are both an agent's inline function (WORKFLOWS) and a "

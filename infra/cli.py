@@ -14,7 +14,7 @@ import click
 
 from infra.config import Settings, load_settings
 from topics import catalog
-from topics.errors import SwitchboardError
+from topics.errors import BusError, SwitchboardError
 
 T = TypeVar("T")
 
@@ -422,6 +422,53 @@ def test_stories_command(ctx: click.Context, paths: tuple[Path, ...], offline: b
         sys.exit(1)
 
 
+# -- agents working together ---------------------------------------------------------------------------------------
+@cli.group("agents")
+def agents_group() -> None:
+    """The agent directory: who the agents are and what they answer (docs/policies.md, "Several agents")."""
+
+
+@agents_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def agents_list(ctx: click.Context, as_json: bool) -> None:
+    """Every agent announced on the directory topic: description, owner, capabilities, intents, inbox."""
+    from infra.collaboration import directory_json, format_directory, read_directory
+
+    listings = _run(read_directory(_settings(ctx)))
+    if as_json:
+        click.echo(json.dumps(directory_json(listings), indent=2, ensure_ascii=False))
+        return
+    if not listings:
+        click.echo(f"no agent has announced itself on {catalog.AGENT_DIRECTORY.name} yet; workers announce their "
+                   "agents when they start (`switchboard up`, `switchboard status`)")
+        return
+    for line in format_directory(listings):
+        click.echo(line)
+
+
+@cli.command("trace")
+@click.argument("correlation_id")
+@click.pass_context
+def trace(ctx: click.Context, correlation_id: str) -> None:
+    """Print every event of the chain CORRELATION_ID across the bus topics, as a tree by causation id.
+
+    CORRELATION_ID is a turn's id (what `chat` shows as `turn ...`) or any event's correlation id (`tail` shows its
+    first 8 characters, which are enough)."""
+    from infra.collaboration import build_tree, collect_chain, format_tree
+
+    settings = _settings(ctx)
+    names = [spec.name for spec in declared_topics(settings)]
+    chain = _run(collect_chain(settings, names, correlation_id))
+    if not chain:
+        raise BusError(f"no event with correlation id {correlation_id!r} on the bus (read {len(names)} topics to "
+                       "their end); take it from `switchboard chat` (turn ...) or `switchboard tail TOPIC` (corr=...)")
+    topics_seen = {item.topic for item in chain}
+    click.echo(f"trace {chain[0].event.correlationid}: {len(chain)} event(s) on {len(topics_seen)} topic(s)")
+    for line in format_tree(build_tree(chain)):
+        click.echo(line)
+
+
 # -- IoT -------------------------------------------------------------------------------------------------------------
 @cli.group()
 def iot() -> None:
@@ -434,14 +481,27 @@ def iot() -> None:
               help="Seconds between two readings of a device.")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Stop after this many readings per device.")
 @click.option("--prefix", default="sim", show_default=True, help="Device ids are PREFIX-1, PREFIX-2, ...")
+@click.option("--heat", "heat", multiple=True, metavar="DEVICE=C",
+              help="Warm DEVICE's room by C degrees per reading while its fan is off, e.g. sim-2=0.5 (repeatable).")
 @click.pass_context
-def iot_simulate(ctx: click.Context, devices: int, interval: float, rounds: int | None, prefix: str) -> None:
+def iot_simulate(ctx: click.Context, devices: int, interval: float, rounds: int | None, prefix: str,
+                 heat: tuple[str, ...]) -> None:
     """Simulated devices: publish temperature telemetry, announce presence, obey commands by reporting state."""
     from streams.mqtt_bridge.simulator import simulate
 
+    warming: dict[str, float] = {}
+    for item in heat:
+        device, _, degrees = item.partition("=")
+        try:
+            warming[device.strip()] = float(degrees)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: give DEVICE=DEGREES, e.g. sim-2=0.5", param_hint="--heat") from None
     with contextlib.suppress(KeyboardInterrupt):
-        _run(simulate(_settings(ctx), devices=devices, interval_s=interval, rounds=rounds, prefix=prefix,
-                      say=click.echo))
+        try:
+            _run(simulate(_settings(ctx), devices=devices, interval_s=interval, rounds=rounds, prefix=prefix,
+                          say=click.echo, heat=warming))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--heat") from None
 
 
 

@@ -10,6 +10,7 @@ import faust
 
 from infra.bus.clients import ssl_context
 from infra.config import Settings
+from streams.directory import announce_agents
 from streams.shell import StreamShell
 from topics.processor import Processor, StatefulProcessor
 
@@ -39,8 +40,10 @@ def worker_data_dir(settings: Settings, worker_id: str) -> Path:
 
 def default_processors(settings: Settings | None = None) -> list[Processor | StatefulProcessor]:
     """The processors a Switchboard worker runs: the echo agent, every dialogue agent of the deployment (under
-    `agents/` and `workers.agent_dirs`), and the workflow engine (run processor and task worker)."""
+    `agents/` and `workers.agent_dirs`), the workflow engine (run processor and task worker), and the IoT processors
+    (device twin, device queries, alerts) where a policy declares `iot:`."""
     from agents.echo import EchoAgent
+    from agents.iot.registry import IOT_WORKFLOWS, iot_processors, uses_iot
     from agents.registry import deployment_agents, dialogue_processors
     from agents.workflows.registry import deployment_workflows, workflow_processors
 
@@ -51,9 +54,14 @@ def default_processors(settings: Settings | None = None) -> list[Processor | Sta
         from serving.recogniser import served_recognisers
 
         recognisers = served_recognisers([agent.policy for agent in agents], settings)
-    return [EchoAgent(), *dialogue_processors(agents, engine_workflows=workflows, recognisers=recognisers),
+    policies = [agent.policy for agent in agents]
+    # device_reading requests are the device twin's (agents/iot), not a workflow runner's.
+    answered_elsewhere = [*workflows, *(IOT_WORKFLOWS if uses_iot(policies) else ())]
+    return [EchoAgent(),
+            *dialogue_processors(agents, engine_workflows=answered_elsewhere, recognisers=recognisers),
             # Only where workflows are deployed: every subscribed partition costs each fetch on the embedded broker.
-            *(workflow_processors(workflows) if workflows else [])]
+            *(workflow_processors(workflows, settings=settings) if workflows else []),
+            *iot_processors(policies)]
 
 
 def create_app(settings: Settings, processors: list[Processor | StatefulProcessor] | None = None, *,
@@ -89,6 +97,8 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
-    StreamShell(app, timeout_sweep_s=settings.workers.timeout_sweep_s).register_all(
-        default_processors(settings) if processors is None else processors)
+    shell = StreamShell(app, timeout_sweep_s=settings.workers.timeout_sweep_s)
+    running = default_processors(settings) if processors is None else processors
+    shell.register_all(running)
+    announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")
     return app

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from topics.errors import TopicError
-from topics.spec import DAY_MS, TopicSpec
+from topics.spec import DAY_MS, Cleanup, TopicSpec
 
 DIALOGUE_TURNS = TopicSpec(
     name="dialogue.turns",
@@ -60,6 +60,44 @@ IOT_PRESENCE = TopicSpec(
     owner="the MQTT bridge (devices' status messages and last wills; the bridge's own presence)",
     description="Devices (and the bridge) coming online and going offline.",
 )
+# The IoT side of dialogues (agents/iot): the device twin keeps each device's latest readings, answers queries and
+# raises the policies' telemetry rules; the alert dispatcher passes alerts to the sessions that watch an agent.
+# iot.queries is co-partitioned with iot.telemetry (same partitions, keyed by device id): the twin reads both.
+IOT_TWINS = TopicSpec(
+    name="iot.twins",
+    value_schema="switchboard.iot.DeviceTwin",
+    key="device id",
+    owner="the device-twin processor (agents/iot)",
+    description="Each device's latest reading per metric after every telemetry event; compacted: the last per device.",
+    cleanup=Cleanup.COMPACT,
+    retention_ms=None,
+)
+IOT_QUERIES = TopicSpec(
+    name="iot.queries",
+    value_schema="switchboard.workflow.Request",
+    key="device id",
+    owner="the device-query router (workflow requests for device_reading, re-keyed by device)",
+    description="Reads of a device's latest telemetry; the device twin answers each on the request's reply_to.",
+    partitions=IOT_TELEMETRY.partitions,
+)
+IOT_ALERTS = TopicSpec(
+    name="iot.alerts",
+    value_schema="switchboard.iot.Alert",
+    key="agent",
+    owner="the device-twin processor (the policies' iot.rules)",
+    description="Telemetry rules that started to hold (a reading crossed its threshold), keyed by the rule's agent.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+IOT_SUBSCRIPTIONS = TopicSpec(
+    name="iot.subscriptions",
+    value_schema="switchboard.agents.Command",
+    key="agent watched",
+    owner="dialogue sessions (a policy's `publish` of watch / unwatch)",
+    description="Sessions that want an agent's telemetry alerts (watch, with args.ttl_s) or no longer (unwatch).",
+    partitions=IOT_ALERTS.partitions,
+)
+IOT_TOPICS: tuple[TopicSpec, ...] = (IOT_TWINS, IOT_QUERIES, IOT_ALERTS, IOT_SUBSCRIPTIONS)
 WORKFLOW_REQUESTS = TopicSpec(
     name="workflow.requests",
     value_schema="switchboard.workflow.Request",
@@ -109,11 +147,24 @@ WORKFLOW_DEADLETTERS = TopicSpec(
     partitions=1,
     retention_ms=30 * DAY_MS,
 )
+# Who the agents are: compacted, so the latest announcement of every agent stays, however long ago it was made.
+AGENT_DIRECTORY = TopicSpec(
+    name="agents.directory",
+    value_schema="switchboard.agents.Announcement",
+    key="agent name",
+    owner="stream workers (each announces the agents it runs when it starts)",
+    description="The agent directory: name, description, owner, capabilities and intents of every agent; "
+                "`switchboard agents list` reads it.",
+    partitions=1,
+    cleanup=Cleanup.COMPACT,
+    retention_ms=None,
+)
 WORKFLOW_TOPICS: tuple[TopicSpec, ...] = (WORKFLOW_TASKS, WORKFLOW_RESULTS, WORKFLOW_CONTROL, WORKFLOW_TRANSITIONS,
                                           WORKFLOW_DEADLETTERS)
 
 ALL: tuple[TopicSpec, ...] = (DIALOGUE_TURNS, DIALOGUE_REPLIES, DEAD_LETTERS, DIALOGUE_HANDOFFS, DEVICE_COMMANDS,
-                              WORKFLOW_REQUESTS, IOT_TELEMETRY, IOT_PRESENCE, *WORKFLOW_TOPICS)
+                              WORKFLOW_REQUESTS, IOT_TELEMETRY, IOT_PRESENCE, *WORKFLOW_TOPICS,
+                              *IOT_TOPICS, AGENT_DIRECTORY)
 _BY_NAME = {spec.name: spec for spec in ALL}
 if len(_BY_NAME) != len(ALL):  # pragma: no cover - a declaration mistake caught at import
     raise TopicError("two topics in topics/catalog.py share a name")

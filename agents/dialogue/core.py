@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from agents.dialogue.collaboration import Collaboration
 from agents.dialogue.effects import (
     Effect,
     NotifyHandoff,
@@ -40,9 +41,11 @@ from agents.dialogue.model import (
     DONE,
     END,
     Action,
+    Answer,
     Append,
     CallWorkflow,
     ClearSlots,
+    Delegate,
     Dialogue,
     EndSession,
     Goto,
@@ -55,10 +58,12 @@ from agents.dialogue.model import (
     Reply,
     SetContext,
     Slot,
+    Transfer,
     Trigger,
     UnsetContext,
 )
 from agents.dialogue.templates import Template, compile_template, render_value
+from agents.directory import Directory
 from topics.event import Event, derived_id
 
 UNDERSTOOD = "switchboard.dialogue.Understood"
@@ -103,14 +108,18 @@ def initial_state(session_id: str = "") -> dict[str, Any]:
     }
 
 
-def step(state: Mapping[str, Any] | None, event: Event, policy: Policy) -> tuple[dict[str, Any], list[Effect]]:
-    """Advance one session by one event. Deterministic; never raises for a policy error at run time."""
+def step(state: Mapping[str, Any] | None, event: Event, policy: Policy,
+         directory: Directory | None = None) -> tuple[dict[str, Any], list[Effect]]:
+    """Advance one session by one event. Deterministic; never raises for a policy error at run time.
+
+    `directory` (agent name -> card) is who `delegate` and `transfer` may address; None: any named agent, and no
+    agent for a capability."""
     start = copy.deepcopy(dict(state)) if state else initial_state(event.subject or "")
-    run = _Step(policy, copy.deepcopy(start), event)
+    run = _Step(policy, copy.deepcopy(start), event, directory)
     try:
         run.handle()
     except DialogueError as exc:
-        run = _Step(policy, copy.deepcopy(start), event)
+        run = _Step(policy, copy.deepcopy(start), event, directory)
         run.fail(exc)
     return run.state, run.effects
 
@@ -128,11 +137,14 @@ def _setting_template(text: str) -> Template:
     return compile_template(text)
 
 
-class _Step:
+class _Step(Collaboration):
     """One application of one event to one session's state (mutates its own copy)."""
 
-    def __init__(self, policy: Policy, state: dict[str, Any], event: Event) -> None:
+    def __init__(self, policy: Policy, state: dict[str, Any], event: Event,
+                 directory: Directory | None = None) -> None:
         self.policy = policy
+        self.directory = directory
+        self.delegations = 0
         self.state = state
         state.setdefault("suspended", [])  # a state stored before set-aside dialogues existed
         self.event = event
@@ -170,6 +182,10 @@ class _Step:
             "workflow_result": self.on_workflow_result,
             "timeout": self.on_timeout,
             "event": self.on_event,
+            "request": self.on_request,
+            "answer": self.on_answer,
+            "transfer": self.on_transfer,
+            "delegation_timeout": self.on_delegation_timeout,
         }.get(self.kind)
         if handler is None:
             raise PolicyRuntimeError(None, f"unknown signal kind {self.kind!r}")
@@ -187,6 +203,8 @@ class _Step:
         self.effects.append(RecordTransition(before, self.label(), f"error: {exc}"))
 
     def on_turn(self) -> None:
+        if self.route_turn():
+            return
         st = self.state
         st["turns"] += 1
         if st["status"] == ACTIVE and self.idle_expired():
@@ -200,7 +218,7 @@ class _Step:
             self.effects.append(NotifyHandoff("user_message", text=self.text))
             return
         waiting = st["await"]
-        if waiting and waiting["kind"] == "workflow":
+        if waiting and waiting["kind"] in ("workflow", "delegation"):
             if not self.try_dialogues(interrupts_only=True):
                 self.reply(self.render_setting(self.policy.settings.waiting_reply))
             return
@@ -298,6 +316,9 @@ class _Step:
     def on_timeout(self) -> None:
         if self.state["status"] != ACTIVE or not self.idle_expired():
             return  # activity since the timer fired, or nothing to close
+        if self.state.get("transferred_to"):  # the agent that has the conversation says goodbye, if it wants to
+            self.end(f"idle timeout (transferred to {self.state['transferred_to']})")
+            return
         if self.policy.settings.timeout_reply:
             self.reply(self.render_setting(self.policy.settings.timeout_reply))
         self.end("idle timeout")
@@ -336,6 +357,8 @@ class _Step:
                      and float(self.data.get("confidence") or 0.0) >= trigger.min_confidence)
         elif trigger.event is not None:
             fired = self.kind == "event" and self.data.get("name") == trigger.event
+        elif trigger.request is not None:
+            fired = self.kind == "request" and self.data.get("name") == trigger.request
         else:
             fired = True
         return fired and (trigger.when is None or self.holds(trigger.when, trigger.at))
@@ -484,6 +507,8 @@ class _Step:
                                                                    f"event {entry.get('event')}"))
         if "result" in entry and entry["await"]["kind"] == "workflow":
             self.apply_workflow_result(entry["await"], entry["result"])
+        elif entry["await"]["kind"] == "delegation":
+            self.settle(st["await"])  # answers (or the deadline) that came while it was set aside
 
     def restart(self) -> None:
         """A turn after the end starts a new conversation: memory of the old one is dropped."""
@@ -630,6 +655,8 @@ class _Step:
         elif isinstance(action, Handoff):
             self.hand_off(self.render(action.reason, action.at))
             return False
+        elif isinstance(action, Delegate | Answer | Transfer):
+            return self.collaborate(action)
         elif isinstance(action, EndSession):
             if action.content is not None:
                 self.reply_template(action.content, action.at)
@@ -668,6 +695,8 @@ class _Step:
                         "channel": self.data.get("channel"), "status": st["status"]},
             "workflow": st["workflow"],
             "value": None,
+            "request": st.get("request"),  # the request this session serves (started by a `request` trigger)
+            "iot": self.policy.iot.scope(),  # declared rooms: config, not state, so replay stays exact
         }
         scope.update(extra)
         return scope
@@ -728,5 +757,7 @@ class _Step:
             return "ended"
         if st["flow"]:
             return f"{st['flow']}/{st['node']}"
+        if st.get("transferred_to"):
+            return f"transferred to {st['transferred_to']}"
         return IDLE
 

@@ -61,4 +61,53 @@ class NotifyHandoff:
     history: tuple[tuple[str, str], ...] = ()  # (role, text), on `requested`
 
 
-Effect = SendReply | RecordTransition | SendCommand | StartWorkflow | NotifyHandoff
+@dataclass(frozen=True)
+class SendRequest:
+    """A request to agent `agent` (a signal of kind `request` in its inbox); the answer comes back to this session
+    as an `answer` signal carrying `request_id`. The addressed agent serves it in a session of its own, keyed by
+    `request_id`."""
+
+    agent: str
+    request_id: str
+    name: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendAnswer:
+    """The answer to request `request_id`, for session `session` of agent `agent` (which asked)."""
+
+    agent: str
+    session: str
+    request_id: str
+    text: str | None = None
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class ForwardTurn:
+    """The user's turn, passed on (as a turn on `dialogue.turns`) to agent `agent`, which has the conversation now.
+
+    `via` is the agent the user addresses, which keeps routing the session's turns; `turn_id` is the user's own turn,
+    which the replies answer."""
+
+    agent: str
+    via: str
+    text: str
+    turn_id: str
+    channel: str = "api"
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class SendTransfer:
+    """Ask agent `entry` (the one the user addresses) to route the session to `to` from now on, and to pass it the
+    turn being handled, if any (`turn`: text, turn_id, channel, locale)."""
+
+    entry: str
+    to: str
+    turn: Mapping[str, Any] | None = None
+
+
+Effect = (SendReply | RecordTransition | SendCommand | StartWorkflow | NotifyHandoff | SendRequest | SendAnswer
+          | ForwardTurn | SendTransfer)

@@ -40,7 +40,7 @@ CONSTANTS: Final[Mapping[str, Any]] = {"true": True, "false": False, "null": Non
 FUNCTIONS: Final[Mapping[str, tuple[int, int]]] = {
     "len": (1, 1), "lower": (1, 1), "upper": (1, 1), "strip": (1, 1), "int": (1, 1), "float": (1, 1),
     "str": (1, 1), "matches": (2, 2), "contains": (2, 2), "startswith": (2, 2), "endswith": (2, 2),
-    "default": (2, 2), "round": (1, 2),
+    "default": (2, 2), "round": (1, 2), "get": (2, 2),
 }
 
 _Run = Callable[[Mapping[str, Any]], Any]
@@ -604,6 +604,11 @@ def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
+def _get(container: Any, key: Any) -> Any:
+    """`get(iot.rooms, slots.room)`: a lookup whose key is computed (a subscript takes only literal keys)."""
+    return _lookup(container, key) if isinstance(key, str | int) and not isinstance(key, bool) else None
+
+
 def _round(value: Any, digits: Any = None) -> Any:
     if not _is_number(value):
         return None
@@ -629,4 +634,5 @@ _IMPLEMENTATIONS: Final[Mapping[str, Callable[..., Any]]] = {
     "endswith": _affix(str.endswith),
     "default": _default,
     "round": _round,
+    "get": _get,
 }

@@ -19,14 +19,17 @@ import yaml
 
 from agents.dialogue.errors import DialogueError, PolicyError, Problem
 from agents.dialogue.expressions import Expression, compile_expression
+from agents.dialogue.iot_section import check_rule_events, read_iot
 from agents.dialogue.model import (
     ACTION_TYPES,
     SCOPE_NAMES,
     SPECIAL_TARGETS,
     Action,
+    Answer,
     Append,
     CallWorkflow,
     ClearSlots,
+    Delegate,
     Dialogue,
     EndSession,
     EntityDefinition,
@@ -36,6 +39,7 @@ from agents.dialogue.model import (
     Handoff,
     Increment,
     IntentDefinition,
+    IotSettings,
     Location,
     Node,
     Policy,
@@ -45,6 +49,7 @@ from agents.dialogue.model import (
     Route,
     SetContext,
     Slot,
+    Transfer,
     Trigger,
     UnsetContext,
 )
@@ -62,10 +67,11 @@ DEFAULT_FALLBACK_REPLY = "Sorry, I did not understand that. Could you rephrase?"
 DEFAULT_HANDOFF_REASON = "the user asked for a person"
 SHORT_FORM_NODE = "start"
 
-_TOP_KEYS = ("agent", "settings", "intents", "entities", "knowledge", "dialogues", "fallback")
+_TOP_KEYS = ("agent", "description", "owner", "settings", "intents", "entities", "knowledge", "dialogues",
+             "fallback", "iot")
 _DIALOGUE_KEYS = ("id", "trigger", "interrupts", "actions", "nodes", "form", "listen", "next")
 _NODE_KEYS = ("id", "actions", "form", "listen", "next")
-_TRIGGER_KINDS = ("regex", "intent", "event")
+_TRIGGER_KINDS = ("regex", "intent", "event", "request")
 _TRIGGER_KEYS = (*_TRIGGER_KINDS, "min_confidence", "if")
 _SLOT_KEYS = ("name", "ask", "entity", "pattern", "validate", "invalid", "max_attempts", "on_fail")
 _FALLBACK_KEYS = ("actions", "limit", "on_limit")
@@ -83,9 +89,14 @@ _ACTION_KEYS: dict[str, tuple[tuple[str | tuple[str, ...], ...], tuple[str, ...]
     "call_workflow": (("workflow", "save_as"), ("input", "on_error")),
     "handoff": ((), ("reason",)),
     "end": ((), ("content",)),
+    "delegate": ((), ("to", "capability", "request", "input", "collect", "timeout", "save_as", "on_timeout")),
+    "answer": ((), ("content", "data")),
+    "transfer": (("to",), ("reason",)),
 }
 assert set(_ACTION_KEYS) == set(ACTION_TYPES), "every action type of the model needs its YAML keys here"
-_FINAL_TYPES = ("call_workflow", "handoff", "end", "goto")
+_FINAL_TYPES = ("call_workflow", "handoff", "end", "goto", "transfer")
+_COLLECT = ("first", "all", "none")
+DEFAULT_DELEGATION_TIMEOUT_S = 30.0
 _SETTINGS_TEXT = ("timeout_reply", "waiting_reply", "error_reply", "handoff_reply", "handoff_taken_reply",
                   "handoff_released_reply")
 _INLINE_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
@@ -404,6 +415,7 @@ class _PolicyBuilder:
         if top is None:
             return None
         agent = self.agent(top.get("agent"))
+        about = {key: self.r.text(top[key], key) or "" for key in ("description", "owner") if key in top}
         settings = self.settings(top["settings"]) if "settings" in top else PolicySettings()
         intents = self.intents(top["intents"]) if "intents" in top else []
         entities = self.entities(top["entities"]) if "entities" in top else []
@@ -413,12 +425,15 @@ class _PolicyBuilder:
             intents += more_intents
             dialogues += more_dialogues
         fallback = self.fallback(top.get("fallback"), root)
+        iot = read_iot(self.r, top["iot"]) if "iot" in top else IotSettings()
+        if iot is not None:
+            check_rule_events(self.r, iot, dialogues)
         self.check_references(intents, entities)
-        if agent is None or settings is None or fallback is None:
+        if agent is None or settings is None or fallback is None or iot is None:
             return None
         return Policy(agent=agent, file=self.file, dialogues=tuple(dialogues), fallback=fallback,
-                      intents=tuple(intents), entities=tuple(entities), settings=settings,
-                      version=self.digest.hexdigest()[:16])
+                      intents=tuple(intents), entities=tuple(entities), settings=settings, iot=iot,
+                      version=self.digest.hexdigest()[:16], **about)
 
     def agent(self, node: yaml.Node | None) -> str | None:
         if node is not None:
@@ -463,13 +478,13 @@ class _PolicyBuilder:
             values[key] = value
         return PolicySettings(**values) if ok else None
 
-    def duration(self, node: yaml.Node) -> float | None:
+    def duration(self, node: yaml.Node, what: str = "settings: session_timeout") -> float | None:
         value = self.r.plain(node) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)
         match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if match is None or float(match.group(1)) <= 0:
-            self.r.problem(node, f"settings: session_timeout must be seconds or a duration like 45s, 30m or 2h; "
+            self.r.problem(node, f"{what} must be seconds or a duration like 45s, 30m or 2h; "
                                  f"it is {self.r.describe(node)}")
             return None
         return float(match.group(1)) * _UNITS[match.group(2)]
@@ -658,7 +673,7 @@ class _PolicyBuilder:
                 return None
         kinds = [kind for kind in _TRIGGER_KINDS if kind in given]
         if len(kinds) != 1:
-            r.problem(node, f"{what} needs exactly one of regex, intent or event"
+            r.problem(node, f"{what} needs exactly one of regex, intent, event or request"
                             + (f"; it has {', '.join(kinds)}" if kinds else ""))
             return None
         kind = kinds[0]
@@ -679,6 +694,10 @@ class _PolicyBuilder:
                 self.uses.intents.append((_line(given["intent"]), intent))
             ok = intent is not None and min_confidence is not None
             trigger = Trigger(at, intent=intent, min_confidence=min_confidence or 0.0, when=when)
+        elif kind == "request":
+            request = r.name(given["request"], f"{what}: request")
+            ok = request is not None
+            trigger = Trigger(at, request=request, when=when)
         else:
             event = r.text(given["event"], f"{what}: event")
             ok = event is not None
@@ -774,8 +793,9 @@ class _PolicyBuilder:
                 self.r.problem(item, f"{what}: this action can never run: the {final[0]} action on line {final[1]} "
                                      "always leaves the node first; move it before that action or remove it")
                 final = None  # one report per final action
-            if kind in _FINAL_TYPES and not conditional:
-                final = (kind, _line(item))
+            waits = isinstance(action, Delegate) and action.collect != "none"
+            if (kind in _FINAL_TYPES or waits) and not conditional:
+                final = (kind or "delegate", _line(item))
             result.append(action)
         if None in result:
             return None
@@ -865,12 +885,79 @@ class _PolicyBuilder:
             if workflow is None or save_as is None or ("on_error" in f and on_error is None):
                 return None
             return CallWorkflow(at, workflow, payload if payload is not None else {}, save_as, on_error, when)
+        if kind == "delegate":
+            return self.delegate(f, at, when, what)
+        if kind == "answer":
+            if not ({"content", "data"} & set(f)):
+                r.problem(at.line, f"{what} needs `content:` (the answer's text), `data:` (its data) or both")
+                return None
+            content = self.template(f["content"], f"{what}: content") if "content" in f else None
+            data = self.value(f["data"], f"{what}: data") if "data" in f else None
+            return None if "content" in f and content is None else Answer(at, content, data, when)
+        if kind == "transfer":
+            to = self.agent_name(f["to"], f"{what}: to")
+            reason = self.template(f["reason"], f"{what}: reason") if "reason" in f else None
+            if to is None or ("reason" in f and reason is None):
+                return None
+            return Transfer(at, to, reason, when)
         if kind == "handoff":
             reason = self.template(f["reason"], f"{what}: reason") if "reason" in f else \
                 compile_template(DEFAULT_HANDOFF_REASON)
             return None if reason is None else Handoff(at, reason, when)
         content = self.template(f["content"], f"{what}: content") if "content" in f else None
         return None if "content" in f and content is None else EndSession(at, content, when)
+
+    def agent_name(self, node: yaml.Node, what: str) -> str | None:
+        """An agent's name, as topics need it; whether that agent runs is only known at run time."""
+        name = self.r.text(node, what)
+        if name is None:
+            return None
+        try:
+            catalog.agent_topics(name)
+        except TopicError as exc:
+            self.r.problem(node, f"{what}: {exc}")
+            return None
+        return name
+
+    def delegate(self, f: dict[str, yaml.Node], at: Location, when: Expression | None, what: str) -> Delegate | None:
+        """`delegate`: exactly one of `to:`/`capability:`; `save_as:` unless nothing is collected."""
+        r = self.r
+        ok = True
+        targets = [key for key in ("to", "capability") if key in f]
+        if len(targets) != 1:
+            r.problem(at.line, f"{what} needs exactly one of `to:` (an agent) or `capability:` (every agent that "
+                               "announces it)" + (f"; it has {' and '.join(targets)}" if targets else ""))
+            ok = False
+        to = self.agent_name(f["to"], f"{what}: to") if "to" in f else None
+        capability = r.name(f["capability"], f"{what}: capability") if "capability" in f else None
+        request = r.name(f["request"], f"{what}: request") if "request" in f else capability
+        if "request" not in f and "to" in f:
+            r.problem(at.line, f"{what} needs `request:`, the name the other agent's `{{request: NAME}}` trigger "
+                               "answers")
+        collect = r.text(f["collect"], f"{what}: collect") if "collect" in f else "first"
+        if collect is not None and collect not in _COLLECT:
+            r.problem(f["collect"], f"{what}: collect must be one of {', '.join(_COLLECT)}; it is {collect!r}")
+            collect = None
+        timeout = self.duration(f["timeout"], f"{what}: timeout") if "timeout" in f else DEFAULT_DELEGATION_TIMEOUT_S
+        save_as = r.text(f["save_as"], f"{what}: save_as") if "save_as" in f else None
+        if "save_as" not in f and collect != "none":
+            r.problem(at.line, f"{what} needs `save_as:`, the context key for the answer (or `collect: none` for a "
+                               "broadcast that waits for nothing)")
+        on_timeout = self.jump(f["on_timeout"], f"{what}: on_timeout") if "on_timeout" in f else None
+        if collect == "none":
+            for key in ("on_timeout", "timeout"):
+                if key in f:
+                    r.problem(f[key], f"{what}: `{key}:` has no use with `collect: none`, which waits for nothing; "
+                                      "remove it")
+                    ok = False
+        payload = self.value(f["input"], f"{what}: input") if "input" in f else {}
+        parsed = {"to": to, "capability": capability, "request": request, "collect": collect, "timeout": timeout,
+                  "save_as": save_as, "on_timeout": on_timeout}
+        if not ok or request is None or collect is None or timeout is None \
+                or any(parsed[key] is None for key in parsed if key in f):
+            return None
+        return Delegate(at, request, save_as or "", to, capability, payload if payload is not None else {},
+                        collect, timeout, on_timeout, when)  # type: ignore[arg-type]
 
     def publish(self, f: dict[str, yaml.Node], at: Location, when: Expression | None, what: str) -> Publish | None:
         r = self.r

@@ -26,7 +26,7 @@ SPECIAL_TARGETS = frozenset({END, DONE})
 #: Names an expression or template in a policy may start with.
 SCOPE_NAMES = frozenset(
     {"context", "slots", "entities", "intent", "confidence", "text", "turn", "history", "event", "session", "value",
-     "workflow"}
+     "workflow", "request", "iot"}
 )
 
 
@@ -56,6 +56,7 @@ class Trigger:
     min_confidence: float = 0.0
     event: str | None = None
     when: Expression | None = None
+    request: str | None = None  # a request from another agent (`delegate`) with this name: a signal of kind `request`
 
 
 @dataclass(frozen=True)
@@ -201,9 +202,57 @@ class EndSession:
     type: Literal["end"] = "end"
 
 
+@dataclass(frozen=True)
+class Delegate:
+    """Ask other agents: request `request` with `input`, to agent `to` or to every agent announcing `capability`.
+
+    `collect`: `first` (the first answer), `all` (every addressed agent's) or `none` (a broadcast: nothing is
+    awaited and the node goes on at once). While it waits, the session is like one waiting for a workflow; the
+    answer(s) land in `context[save_as]` and the node continues with its `next` routes. Without enough answers by
+    `timeout_s` (counted from the event's time; the worker's sweeper sends the `delegation_timeout` signal), the
+    session goes to `on_timeout`, or says `settings.delegation_timeout_reply` and the dialogue is done.
+    """
+
+    at: Location
+    request: str
+    save_as: str
+    to: str | None = None
+    capability: str | None = None
+    input: Any = None
+    collect: Literal["first", "all", "none"] = "first"
+    timeout_s: float = 30.0
+    on_timeout: str | None = None
+    when: Expression | None = None
+    type: Literal["delegate"] = "delegate"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Answer the request this session serves (it was started by a `{request: ...}` trigger): `content` (a template)
+    and `data` (rendered like `SetContext.value`) go back to the asking agent's session."""
+
+    at: Location
+    content: Template | None = None
+    data: Any = None
+    when: Expression | None = None
+    type: Literal["answer"] = "answer"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Hand the conversation to agent `to`: the current turn and the user's next ones go to it, until it ends or
+    transfers the session on (see docs/policies.md, "Several agents")."""
+
+    at: Location
+    to: str
+    reason: Template | None = None
+    when: Expression | None = None
+    type: Literal["transfer"] = "transfer"
+
+
 Action = (
     Reply | SetContext | UnsetContext | Increment | Append | ClearSlots | Goto | Publish | CallWorkflow | Handoff
-    | EndSession
+    | EndSession | Delegate | Answer | Transfer
 )
 
 #: YAML `type:` of each action.
@@ -219,9 +268,12 @@ ACTION_TYPES: dict[str, type[Any]] = {
     "call_workflow": CallWorkflow,
     "handoff": Handoff,
     "end": EndSession,
+    "delegate": Delegate,
+    "answer": Answer,
+    "transfer": Transfer,
 }
 #: Actions after which the node's remaining actions cannot run (the loader rejects actions after them).
-FINAL_ACTIONS = (CallWorkflow, Handoff, EndSession)
+FINAL_ACTIONS = (CallWorkflow, Handoff, EndSession, Transfer)
 
 
 # --- forms --------------------------------------------------------------------------------------------------------
@@ -345,6 +397,54 @@ class PolicySettings:
     handoff_taken_reply: str = "You are now talking to {{ event.person }}."
     handoff_released_reply: str = "I am back. How else can I help?"
     max_jumps: int = 50  # node entries per event before the policy is declared looping
+    delegation_timeout_reply: str = ("Sorry, I did not get an answer from {{ event.data.waiting_for }} in time. "
+                                     "Please try again later.")
+
+
+@dataclass(frozen=True)
+class TelemetryRule:
+    """`iot.rules` item: raise event `event` when `metric` of `device_id` goes above `above` (or below `below`).
+
+    Edge-triggered: it fires when a reading starts to meet the condition, and re-arms when a reading no longer does,
+    so a room that stays hot raises one alert, not one per reading. The device twin evaluates it (agents/iot).
+    """
+
+    at: Location
+    id: str
+    device_id: str
+    metric: str
+    event: str
+    above: float | None = None
+    below: float | None = None
+    room: str | None = None
+
+    def holds(self, value: float) -> bool:
+        """Whether a reading meets the condition."""
+        return value > self.above if self.above is not None else value < float(self.below or 0.0)
+
+    @property
+    def condition(self) -> str:
+        return "above" if self.above is not None else "below"
+
+    @property
+    def threshold(self) -> float:
+        return float(self.above if self.above is not None else self.below or 0.0)
+
+
+@dataclass(frozen=True)
+class IotSettings:
+    """A policy's `iot:` section: its rooms (room -> device role -> device id) and telemetry rules.
+
+    Rooms are tuples (the policy stays hashable); expressions read them as `iot.rooms` (see `scope`).
+    """
+
+    rooms: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    rules: tuple[TelemetryRule, ...] = ()
+
+    def scope(self) -> dict[str, object]:
+        """What expressions see as `iot`: `rooms` (a mapping of mappings) and `room_names` (a list, in order)."""
+        return {"rooms": {room: dict(devices) for room, devices in self.rooms},
+                "room_names": [room for room, _ in self.rooms]}
 
 
 @dataclass(frozen=True)
@@ -358,6 +458,9 @@ class Policy:
     intents: tuple[IntentDefinition, ...] = ()
     entities: tuple[EntityDefinition, ...] = ()
     settings: PolicySettings = field(default_factory=PolicySettings)
+    iot: IotSettings = field(default_factory=IotSettings)  # rooms and telemetry rules (docs/policies.md)
+    description: str = ""  # for the agent directory (`switchboard agents list`)
+    owner: str = ""  # who answers for the agent, for the agent directory
     version: str = ""  # a digest of the file, recorded in transitions so a replay can check it runs the same policy
 
     def dialogue(self, dialogue_id: str) -> Dialogue | None:

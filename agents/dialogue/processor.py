@@ -14,17 +14,23 @@ from datetime import datetime
 from typing import Any
 
 from agents.dialogue import core
+from agents.dialogue.collaboration import delegations_due
 from agents.dialogue.effects import (
     Effect,
+    ForwardTurn,
     NotifyHandoff,
     RecordTransition,
+    SendAnswer,
     SendCommand,
     SendReply,
+    SendRequest,
+    SendTransfer,
     StartWorkflow,
 )
 from agents.dialogue.errors import DialogueError
 from agents.dialogue.model import Policy
 from agents.dialogue.recognise import KeywordRecogniser, Recogniser
+from agents.directory import Directory
 from topics import catalog
 from topics.event import Event, derived_id
 from topics.processor import Emit, State
@@ -74,6 +80,8 @@ class RecogniserStage:
                          for e in understanding.entities],
             "model": understanding.model,
         }
+        if turn.get("via"):  # passed on by the agent the user addresses, after a transfer
+            data.update(via=turn["via"], turn_id=turn.get("turn_id") or event.id)
         understood = event.caused(core.UNDERSTOOD, f"{RECOGNISER_SOURCE}/{agent}", data, effect="understood",
                                   subject=turn["session_id"], time=event.time)
         return (Emit(catalog.agent_topics(agent).understood, understood),)
@@ -86,8 +94,9 @@ class DialogueAgent:
     reaches the same worker and the same table partition.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, directory: Directory | None = None) -> None:
         self.policy = policy
+        self.directory = directory  # the agents `delegate` and `transfer` may address (agents/directory.py)
         self.topics = catalog.agent_topics(policy.agent)
         self.name = f"dialogue-{policy.agent}"
         self.source = self.topics.understood
@@ -98,23 +107,36 @@ class DialogueAgent:
         return core.initial_state(subject)
 
     def step(self, state: State, event: Event) -> tuple[State, Sequence[Emit]]:
-        new_state, effects = core.step(state, event, self.policy)
+        new_state, effects = core.step(state, event, self.policy, self.directory)
         return new_state, [self.emit(index, effect, event, new_state) for index, effect in enumerate(effects)]
 
     def sweep(self, subject: str, state: State, now: datetime) -> Sequence[Emit]:
-        """A `timeout` signal to this agent's inbox for a session whose idle deadline has passed.
+        """A `timeout` signal to this agent's inbox for a session whose idle deadline has passed, and a
+        `delegation_timeout` for each delegation whose deadline has.
 
-        The id is derived from the session and its last activity, so every sweep of the same idle period sends the
-        same event; the step ignores a timeout that is no longer due (the user spoke meanwhile, or it was applied).
+        The id is derived from the session and its last activity (the request, for a delegation), so every sweep of
+        the same deadline sends the same event; the step ignores one that is no longer due (the user spoke meanwhile,
+        the answer came, or it was applied). A delegation's timeout keeps the delegation's correlation and cause, so
+        `switchboard trace` shows it in the chain that asked.
         """
+        emits = [self.delegation_timeout(subject, waiting, now) for waiting in delegations_due(state, now)]
         due = core.idle_deadline(state, self.policy)
         if due is None or now < due:
-            return ()
+            return tuple(emits)
         data = {"session_id": subject, "agent": self.policy.agent, "kind": "timeout", "name": None, "text": None,
                 "data": "{}"}
         signal = Event(type=core.SIGNAL, source=f"{self.event_source}/timeouts", data=data, subject=subject,
                        id=derived_id(f"{self.policy.agent}/{subject}", f"timeout@{state.get('last_at')}"), time=now)
-        return (Emit(self.topics.signals, signal),)
+        return (*emits, Emit(self.topics.signals, signal))
+
+    def delegation_timeout(self, subject: str, waiting: Mapping[str, Any], now: datetime) -> Emit:
+        request_id = str(waiting["request_id"])
+        data = {"session_id": subject, "agent": self.policy.agent, "kind": "delegation_timeout",
+                "name": waiting.get("request"), "text": None, "data": json.dumps({"request_id": request_id})}
+        signal = Event(type=core.SIGNAL, source=f"{self.event_source}/timeouts", data=data, subject=subject,
+                       id=derived_id(f"{self.policy.agent}/{subject}", f"delegation-timeout@{request_id}"), time=now,
+                       correlationid=str(waiting.get("correlation") or ""), causationid=waiting.get("cause"))
+        return Emit(self.topics.signals, signal)
 
     def emit(self, index: int, effect: Effect, cause: Event, state: Mapping[str, Any]) -> Emit:
         """The event for one effect; its id is derived from the cause and the effect's position."""
@@ -156,6 +178,38 @@ class DialogueAgent:
                     "history": [{"role": role, "text": text} for role, text in effect.history]}
             return Emit(spec, cause.caused(spec.value_schema, self.event_source, data, effect=name,
                                            subject=session))
+        return self.emit_collaboration(name, effect, cause, session)
+
+    def emit_collaboration(self, name: str, effect: Effect, cause: Event, session: str) -> Emit:
+        """The event for a request, an answer, a forwarded turn or a transfer: to another agent's inbox, or a turn."""
+        agent = self.policy.agent
+        if isinstance(effect, SendRequest):
+            spec = catalog.agent_topics(effect.agent).signals
+            payload: dict[str, Any] = {"request_id": effect.request_id, "from": agent, "reply_session": session,
+                       "input": dict(effect.input)}
+            data: dict[str, Any] = {"session_id": effect.request_id, "agent": effect.agent, "kind": "request",
+                                    "name": effect.name, "text": None,
+                                    "data": json.dumps(payload, sort_keys=True, default=str)}
+            return Emit(spec, cause.caused(spec.value_schema, self.event_source, data, effect=name,
+                                           subject=effect.request_id))
+        if isinstance(effect, SendAnswer):
+            spec = catalog.agent_topics(effect.agent).signals
+            payload = {"request_id": effect.request_id, "agent": agent, "text": effect.text, "output": effect.output}
+            data = {"session_id": effect.session, "agent": effect.agent, "kind": "answer", "name": agent,
+                    "text": effect.text, "data": json.dumps(payload, sort_keys=True, default=str)}
+            return Emit(spec, cause.caused(spec.value_schema, self.event_source, data, effect=name,
+                                           subject=effect.session))
+        if isinstance(effect, ForwardTurn):
+            spec = catalog.DIALOGUE_TURNS
+            data = {"session_id": session, "agent": effect.agent, "text": effect.text, "channel": effect.channel,
+                    "locale": effect.locale, "via": effect.via, "turn_id": effect.turn_id}
+            return Emit(spec, cause.caused(spec.value_schema, self.event_source, data, effect=name, subject=session))
+        if isinstance(effect, SendTransfer):
+            spec = catalog.agent_topics(effect.entry).signals
+            payload = {"to": effect.to, "turn": dict(effect.turn) if effect.turn is not None else None}
+            data = {"session_id": session, "agent": effect.entry, "kind": "transfer", "name": agent, "text": None,
+                    "data": json.dumps(payload, sort_keys=True, default=str)}
+            return Emit(spec, cause.caused(spec.value_schema, self.event_source, data, effect=name, subject=session))
         raise DialogueError(f"no event for effect {effect!r}")  # pragma: no cover - the union above is complete
 
 

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from agents.dialogue import core
-from agents.dialogue.effects import Effect, NotifyHandoff, RecordTransition, SendReply, StartWorkflow
+from agents.dialogue.effects import (
+    Effect,
+    NotifyHandoff,
+    RecordTransition,
+    SendCommand,
+    SendReply,
+    SendTransfer,
+    StartWorkflow,
+)
 from agents.dialogue.errors import DialogueError
 from agents.dialogue.recognise import KeywordRecogniser
 from topics.event import Event, derived_id
@@ -664,8 +672,11 @@ class _OfflineSession:
         elif isinstance(effect, StartWorkflow):
             result.notes.append(f"workflow {effect.workflow} started with "
                                 f"{json.dumps(dict(effect.input), sort_keys=True, default=str)}")
-        else:
+        elif isinstance(effect, SendCommand):
             result.notes.append(f"command {effect.name} to {effect.target} on {effect.topic}")
+        else:  # agents working together: not run offline (they need the other agents), shown as what was sent
+            to = effect.entry if isinstance(effect, SendTransfer) else effect.agent
+            result.notes.append(f"{type(effect).__name__} to {to}")
 
 
 def signal_data(session: str, agent: str, step: StoryStep) -> dict[str, Any]:

@@ -67,10 +67,11 @@ def test_topics_and_status(cli_env: dict[str, str], stack: Settings) -> None:
     assert set(parts) == {"seaweedfs", "tansu", "mqtt", "worker-0", "mqtt-bridge"}
     assert all(s["running"] and s["healthy"] for s in parts.values())
     lag = {(p["topic"], p["partition"]): p for p in report["lag"]}
-    inputs = {spec.name for processor in default_processors(stack) for spec in sources_of(processor)}
+    specs = {spec.name: spec for processor in default_processors(stack) for spec in sources_of(processor)}
+    inputs = set(specs)
     assert {"dialogue.turns", "agent.customer_service.understood", "agent.customer_service.signals",
-            "agent.sleepy.signals"} <= inputs
-    assert set(lag) == {(topic, p) for topic in inputs for p in range(4)}
+            "agent.sleepy.signals", "iot.telemetry", "iot.queries", "iot.alerts"} <= inputs
+    assert set(lag) == {(topic, p) for topic, spec in specs.items() for p in range(spec.partitions)}
     assert all(p["lag"] >= 0 and p["end"] >= (p["committed"] or 0) for p in lag.values())
 
 

@@ -24,7 +24,7 @@ async def test_every_shipped_story_passes_on_the_bus(stack: Settings) -> None:
     results = await run_on_bus(stack, SHIPPED, timeout_s=30.0)
     failed = [result.report() for result in results if not result.ok]
     assert not failed, f"{len(failed)} of {len(results)} stories failed on the bus:\n\n" + "\n\n".join(failed)
-    assert {result.story.agent for result in results} == {"customer_service", "helpdesk"}
+    assert {result.story.agent for result in results} == {"customer_service", "helpdesk", "smart_office"}
     assert time.monotonic() - started < 60, "the stories should run concurrently"
 
 

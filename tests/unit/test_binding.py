@@ -30,7 +30,7 @@ Headers = list[tuple[str, bytes | None]]
 def _turn(**overrides: object) -> Event:
     fields: dict[str, object] = {"type": TURN, "source": "/tests", "subject": "s1",
                                  "data": {"session_id": "s1", "agent": "echo", "text": "hi", "channel": "cli",
-                                          "locale": None}}
+                                          "locale": None, "via": None, "turn_id": None}}
     fields.update(overrides)
     return Event(**fields)  # type: ignore[arg-type]
 
@@ -74,7 +74,7 @@ def test_naive_times_are_utc_and_offsets_are_kept() -> None:
 def test_the_payload_round_trips_with_defaults_filled() -> None:
     event = _turn(data={"session_id": "s1", "agent": "echo", "text": "ünïcödé ✓"})
     assert dict(_round_trip(event).data) == {"session_id": "s1", "agent": "echo", "text": "ünïcödé ✓",
-                                             "channel": "api", "locale": None}
+                                             "channel": "api", "locale": None, "via": None, "turn_id": None}
 
 
 # -- the binding's layout ----------------------------------------------------------------------------------------

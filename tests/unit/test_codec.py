@@ -45,11 +45,12 @@ def test_value_is_a_single_object_encoding() -> None:
     assert len(CODEC.store.current(TURN).fingerprint) == 8
     body = io.BytesIO(value[HEADER_SIZE:])
     assert fastavro.schemaless_reader(body, CODEC.store.current(TURN).parsed, None) == {
-        **A_TURN, "channel": "api", "locale": None}
+        **A_TURN, "channel": "api", "locale": None, "via": None, "turn_id": None}
 
 
 def test_defaults_are_filled_on_encode() -> None:
-    assert CODEC.decode(CODEC.encode(TURN, A_TURN)).datum == {**A_TURN, "channel": "api", "locale": None}
+    assert CODEC.decode(CODEC.encode(TURN, A_TURN)).datum == {**A_TURN, "channel": "api", "locale": None, "via": None,
+                                                              "turn_id": None}
 
 
 # -- encode errors -----------------------------------------------------------------------------------------------
@@ -208,7 +209,8 @@ def test_a_third_party_decodes_with_nothing_but_the_schemas_folder() -> None:
 # -- properties ----------------------------------------------------------------------------------------------------
 @given(st.text(), st.text(), st.text(), st.text(), st.one_of(st.none(), st.text()))
 def test_any_text_round_trips_exactly(session: str, agent: str, text: str, channel: str, locale: str | None) -> None:
-    datum = {"session_id": session, "agent": agent, "text": text, "channel": channel, "locale": locale}
+    datum = {"session_id": session, "agent": agent, "text": text, "channel": channel, "locale": locale,
+             "via": None, "turn_id": None}
     value = CODEC.encode(TURN, datum)
     assert CODEC.decode(value, expected=TURN).datum == datum
 

@@ -296,7 +296,8 @@ def _events_doc_example() -> str:
 
 
 def _turn(**overrides: Any) -> Event:
-    data = {"session_id": "session-42", "agent": "echo", "text": "Grüß dich", "channel": "cli", "locale": None}
+    data = {"session_id": "session-42", "agent": "echo", "text": "Grüß dich", "channel": "cli", "locale": None,
+            "via": None, "turn_id": None}
     return Event(type="switchboard.dialogue.Turn", source="/switchboard/channels/cli", subject="session-42",
                  principal="user:ann", data=data, **overrides)
 
@@ -340,4 +341,5 @@ def test_the_events_doc_example_reads_old_versions_in_the_current_shape(
 
     _, payload = decode(value, headers)
 
-    assert payload == {"session_id": "s", "agent": "echo", "text": "hi", "channel": "api", "locale": None}
+    assert payload == {"session_id": "s", "agent": "echo", "text": "hi", "channel": "api", "locale": None,
+                       "via": None, "turn_id": None}

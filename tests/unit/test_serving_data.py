@@ -61,7 +61,7 @@ def test_every_intent_of_the_shipped_agents_has_training_sentences(agent: str) -
 def test_the_labelled_set_is_large_labelled_with_real_intents_and_held_apart() -> None:
     labelled = labelled_utterances(LABELLED)
     assert len(labelled) >= 200
-    assert {agent for agent, _, _ in labelled} == {"customer_service", "helpdesk"}
+    assert {agent for agent, _, _ in labelled} == {"customer_service", "helpdesk", "smart_office", "receptionist"}
     for agent, intent, text in labelled:
         assert intent in {i.name for i in AGENTS[agent].intents}, (agent, intent)
         assert text.strip() == text and text
