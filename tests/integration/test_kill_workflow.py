@@ -31,7 +31,7 @@ from infra.bus.clients import producer as make_producer
 from infra.bus.reading import read_topic
 from infra.config import Settings
 from infra.embedded import EmbeddedStack
-from infra.testing import await_all, embedded_settings
+from infra.testing import await_all, collect_events, embedded_settings
 from topics import AvroCodec, Event, catalog, decode_event, encode_event
 from topics.spec import TopicSpec
 
@@ -149,3 +149,41 @@ def _check_executions(runs: dict[str, tuple[str, int, int]], executions: list[li
     assert not wanted - set(by_task), f"tasks that never ran: {sorted(wanted - set(by_task))[:3]}"
     twice = {key: pids for key, pids in by_task.items() if key in wanted and any(p != killed for p in pids[:-1])}
     assert not twice, f"tasks run again after they succeeded (pids of each execution): {list(twice.items())[:3]}"
+
+
+async def test_a_run_goes_on_where_it_was_after_the_stack_goes_down_and_up(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`switchboard down` while a run's middle task works, then `up`: the run finishes with the right output, and
+    the task that had succeeded before the restart is not run again."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TEST_AGENTS / "workflow_demo"),
+                                                                     os.environ.get("PYTHONPATH")])))
+    settings = embedded_settings(tmp_path, workers={"agent_dirs": [TEST_AGENTS]})
+    tally = tmp_path / "executions.log"
+    stack = EmbeddedStack(settings)
+    run_id, session = str(uuid.uuid4()), f"restart-{uuid.uuid4().hex[:8]}"
+    try:
+        await stack.up()
+        request = request_event(run_id, "demo_restart", {"a": 20, "seconds": 4, "log": str(tally)},
+                                requester="sleepy", reply_to=REPLIES.name, reply_key=session, source="/tests/restart")
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            record = encode_event(request, AvroCodec())
+            await producer.send_and_wait(catalog.WORKFLOW_REQUESTS.name, record.value, key=record.key,
+                                         headers=record.headers)
+        finally:
+            await producer.stop()
+        # The nap has been commanded: `first` is done and recorded, the run is in the middle.
+        await collect_events(settings, catalog.WORKFLOW_TASKS,
+                             lambda e: e.data["run_id"] == run_id and e.data["task"] == "nap", count=1, timeout_s=60)
+        stack.down()
+        await stack.up()
+        results = await await_all(settings, REPLIES, {session}, lambda e: str(e.data["session_id"]), timeout_s=120)
+    finally:
+        stack.down()
+    assert session in results, "the run did not finish after the restart"
+    outcome = json.loads(results[session][0].data["data"])
+    assert outcome["status"] == "succeeded" and outcome["output"] == {"result": 42, "nap": "rested"}, outcome
+    runs = [line.split()[0] for line in tally.read_text().splitlines()]
+    assert runs.count(f"{run_id}/first") == 1, f"`first` ran {runs.count(f'{run_id}/first')} times"
+    assert runs.count(f"{run_id}/last") == 1

@@ -24,3 +24,19 @@ def test_echo_script_counts_turns() -> None:
     assert echo_turn(0).reply.startswith("Hello!")
     assert echo_turn(1).reply == "You said: message 2 (turn 2)"
     assert echo_turn(10).reply == "Hello again! This is turn 11 of our conversation."
+
+
+async def test_the_workflow_benchmarks_check_what_their_workflows_compute() -> None:
+    """bench.workflow_steps and the chaos benchmark's workflow load count a run as wrong unless its output is what
+    they expect; run offline, the workflows give exactly that."""
+    from agents.workflows.offline import run_offline
+    from agents.workflows.registry import discover_workflows
+    from bench.loads import BENCH_AGENTS
+    from bench.workflow_steps import WORKFLOW, expected_result
+
+    workflows = discover_workflows([BENCH_AGENTS], plugins=False)
+    for a in (0, 7):
+        ten = await run_offline(workflows[WORKFLOW], {"a": a})
+        assert ten.status == "succeeded" and ten.output == {"result": expected_result(a)}, ten
+        diamond = await run_offline(workflows["bench_diamond"], {"a": a, "b": a + 1})
+        assert diamond.output == {"total": (2 * a + 1) * 3 + 10}, diamond

@@ -23,7 +23,7 @@ DEMO = TESTS / "agents" / "workflow_demo" / "workflows"
 def test_the_demo_workflows_the_integration_stack_runs_are_valid() -> None:
     found = discover_workflows([TESTS / "agents"], plugins=False)
     assert set(found) == {"demo_diamond", "demo_flaky_fetch", "demo_poison", "demo_slow", "demo_tally",
-                          "demo_big_output"}
+                          "demo_big_output", "demo_restart"}
     assert found["demo_diamond"].order() == ["start", "double", "plus_ten", "join"]
 
 
