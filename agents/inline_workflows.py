@@ -1,4 +1,8 @@
-"""Workflows run inline, as one Python function each: the stand-in until the workflow engine (issue 5) lands.
+"""Workflows written as one Python function each (an agent's `WORKFLOWS`), and a runner for them on the stream.
+
+Workers run these functions on the workflow engine (`agents.registry.agent_engine_workflows`); stories call them
+directly (`run_inline`). `InlineWorkflowRunner` answers requests without the engine, for a worker built with
+`dialogue_processors(inline=True)`.
 
 A dialogue's `call_workflow` publishes a `switchboard.workflow.Request`; this processor runs the named function and
 sends the result to the request's `reply_to` topic (the agent's inbox) as a `workflow_result` signal. A function

@@ -1,8 +1,8 @@
 """Which agents exist: every folder with a `policy.yaml` under `agents/` (and under the deployment's extra agent
 folders, `workers.agent_dirs`) is a dialogue agent.
 
-An agent folder may also be a Python package whose `WORKFLOWS` maps workflow names to functions (run inline until
-the workflow engine lands). Loading validates every policy up front, so a worker never starts with a broken one.
+An agent folder may also be a Python package whose `WORKFLOWS` maps workflow names to functions, which workers run
+on the workflow engine. Loading validates every policy up front, so a worker never starts with a broken one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from agents.dialogue.loader import discover_policies, load_policy
 from agents.dialogue.model import Policy
 from agents.dialogue.recognise import Recogniser
 from agents.inline_workflows import WorkflowFunction
+from agents.workflows.model import Task, Where, Workflow
 from infra.config import Settings
 from topics import catalog
 from topics.processor import Processor, StatefulProcessor
@@ -103,11 +104,43 @@ def declared_topics(agents: Sequence[AgentPackage] | None = None) -> tuple[Topic
     return catalog.ALL + tuple(spec for agent in found for spec in catalog.agent_topics(agent.name).all)
 
 
+def agent_workflow_functions(agents: Sequence[AgentPackage]) -> dict[str, WorkflowFunction]:
+    """Every agent's Python workflows (`WORKFLOWS`), by name; two agents may not ship different ones of a name."""
+    workflows: dict[str, WorkflowFunction] = {}
+    for agent in agents:
+        for name, function in agent.workflows.items():
+            if name in workflows and workflows[name] is not function:
+                raise DialogueError(f"agents {agent.name} and another agent both ship a workflow named {name!r}; "
+                                    "rename one of them")
+            workflows[name] = function
+    return workflows
+
+
+def agent_engine_workflows(agents: Sequence[AgentPackage]) -> dict[str, Workflow]:
+    """The agents' Python workflows as workflow-engine definitions: one `python` task that calls the function with
+    the request's input. On the bus a dialogue's `call_workflow` then runs on the engine (durable run state,
+    retries of transient errors, an audit trail, a task that succeeded never run twice), while stories and tests
+    call the same function offline. A function raises `WorkflowFailed` for an expected failure (no such order):
+    not retried; the run fails with its message."""
+    found: dict[str, Workflow] = {}
+    for name, function in agent_workflow_functions(agents).items():
+        code = getattr(function, "__code__", None)
+        where = Where(code.co_filename, code.co_firstlineno) if code is not None else Where()
+        doc = (function.__doc__ or "").strip().splitlines()
+        task = Task("run", "python", {"function": f"{function.__module__}:{function.__qualname__}",
+                                      "args": ["{{input}}"]}, where=where)
+        found[name] = Workflow(name, tasks=[task], description=doc[0] if doc else "", where=where)
+    return found
+
+
 def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
                         engine_workflows: Collection[str] = (),
-                        recognisers: Mapping[str, Recogniser] | None = None) -> list[Processor | StatefulProcessor]:
-    """The processors that run the dialogue agents: the recogniser stage, one processor per agent, and the inline
-    workflows the agents ship (requests for `engine_workflows` are left to the workflow engine).
+                        recognisers: Mapping[str, Recogniser] | None = None,
+                        inline: bool = True) -> list[Processor | StatefulProcessor]:
+    """The processors that run the dialogue agents: the recogniser stage, one processor per agent, and (with
+    `inline`) a runner for the agents' Python workflows on the stream itself; requests for `engine_workflows` are
+    left to the workflow engine. A worker puts the agents' workflows on the engine (`agent_engine_workflows`) and
+    passes `inline=False`.
 
     `recognisers` (agent -> recogniser) replaces the keyword recognisers, e.g. with served ones (serving/)."""
     from agents.dialogue.processor import DialogueAgent, RecogniserStage, keyword_recognisers
@@ -116,21 +149,16 @@ def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
 
     found = discover_agents() if agents is None else agents
     policies = [agent.policy for agent in found]
-    workflows: dict[str, WorkflowFunction] = {}
-    for agent in found:
-        for name, function in agent.workflows.items():
-            if name in workflows and workflows[name] is not function:
-                raise DialogueError(f"agents {agent.name} and another agent both ship a workflow named {name!r}; "
-                                    "rename one of them")
-            workflows[name] = function
+    workflows = agent_workflow_functions(found)
     processors: list[Processor | StatefulProcessor] = [
         RecogniserStage(keyword_recognisers(policies) if recognisers is None else recognisers,
                         others=PYTHON_AGENTS)]
     directory = directory_of(policies)  # whom `delegate` and `transfer` may address: the agents deployed together
     processors.extend(DialogueAgent(policy, directory) for policy in policies)
-    clash = sorted(set(workflows) & set(engine_workflows))
+    clash = sorted(set(workflows) & set(engine_workflows)) if inline else []
     if clash:
         raise DialogueError(f"workflow(s) {', '.join(clash)} are both an agent's inline function (WORKFLOWS) and a "
                             "workflow-engine definition; rename or remove one of each")
-    processors.append(InlineWorkflowRunner(workflows, others=engine_workflows))
+    if inline:
+        processors.append(InlineWorkflowRunner(workflows, others=engine_workflows))
     return processors

@@ -44,11 +44,18 @@ def default_processors(settings: Settings | None = None) -> list[Processor | Sta
     (device twin, device queries, alerts) where a policy declares `iot:`."""
     from agents.echo import EchoAgent
     from agents.iot.registry import IOT_WORKFLOWS, iot_processors, uses_iot
-    from agents.registry import deployment_agents, dialogue_processors
+    from agents.registry import agent_engine_workflows, deployment_agents, dialogue_processors
+    from agents.workflows.errors import WorkflowError
     from agents.workflows.registry import deployment_workflows, workflow_processors
 
-    workflows = deployment_workflows(settings)  # the workflow engine's; the agents' inline ones run beside it
     agents = deployment_agents(settings)
+    workflows = deployment_workflows(settings)  # YAML files in the agent folders, and plugins
+    functions = agent_engine_workflows(agents)  # the agents' Python WORKFLOWS, each a one-task engine workflow
+    clash = sorted(set(workflows) & set(functions))
+    if clash:
+        raise WorkflowError(f"workflow(s) {', '.join(clash)} are both an agent's Python function (WORKFLOWS) and a "
+                            "workflow definition (YAML or plugin); rename or remove one of each")
+    workflows = {**workflows, **functions}
     recognisers = None
     if settings is not None and settings.serving.enabled:  # the served intent model (imports Ray only then)
         from serving.recogniser import served_recognisers
@@ -58,9 +65,10 @@ def default_processors(settings: Settings | None = None) -> list[Processor | Sta
     # device_reading requests are the device twin's (agents/iot), not a workflow runner's.
     answered_elsewhere = [*workflows, *(IOT_WORKFLOWS if uses_iot(policies) else ())]
     return [EchoAgent(),
-            *dialogue_processors(agents, engine_workflows=answered_elsewhere, recognisers=recognisers),
+            *dialogue_processors(agents, engine_workflows=answered_elsewhere, recognisers=recognisers, inline=False),
             # Only where workflows are deployed: every subscribed partition costs each fetch on the embedded broker.
-            *(workflow_processors(workflows, settings=settings) if workflows else []),
+            *(workflow_processors(workflows, settings=settings, answer_unknown=True,
+                                  others=answered_elsewhere) if workflows else []),
             *iot_processors(policies)]
 
 

@@ -1,7 +1,8 @@
 """Customer service agent: greeting, FAQ from `faq.yaml`, order status through a workflow, tickets, handoff.
 
-The dialogue is `policy.yaml`; this module holds the workflows it calls, run inline until the workflow engine
-lands. `orders.yaml` is a small sample order book, standing in for the shop's order system.
+The dialogue is `policy.yaml`; this module holds the workflows it calls, each a Python function that workers run
+on the workflow engine (and stories call directly). `orders.yaml` is a small sample order book, standing in for
+the shop's order system.
 """
 
 from __future__ import annotations

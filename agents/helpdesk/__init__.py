@@ -1,6 +1,7 @@
 """IT helpdesk agent: password resets, VPN troubleshooting, printer commands, incident alerts, escalation.
 
-The dialogue is `policy.yaml`; this module holds the workflow it calls (run inline until the workflow engine lands).
+The dialogue is `policy.yaml`; this module holds the workflow it calls (a Python function that workers run on the
+workflow engine, and stories call directly).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -96,9 +96,10 @@ def request_event(run_id: str, workflow: str, payload: Mapping[str, Any], *, req
 class WorkflowRunner:
     """Runs each workflow run's state machine (`agents.workflows.core.advance`), one state record per run id.
 
-    Requests for workflows it does not know are left to the inline runner when `answer_unknown` is false (the
-    agents' inline workflows share `workflow.requests` until they move to the engine); otherwise they are
-    answered with a failed result naming the known workflows.
+    Requests for workflows it does not know are answered with a failed result naming the known workflows, so the
+    requester does not wait for nothing; unless `answer_unknown` is false (another runner shares
+    `workflow.requests`), or the workflow is one of `others` (answered by another processor: the device twin's
+    `device_reading`).
     """
 
     name = "workflow-runs"
@@ -106,12 +107,13 @@ class WorkflowRunner:
     sources = (catalog.WORKFLOW_REQUESTS, catalog.WORKFLOW_RESULTS, catalog.WORKFLOW_CONTROL)
 
     def __init__(self, workflows: Mapping[str, Workflow], *, answer_unknown: bool = True,
-                 executors: Mapping[str, BaseExecutor] | None = None) -> None:
+                 executors: Mapping[str, BaseExecutor] | None = None, others: Collection[str] = ()) -> None:
         self.workflows = dict(workflows)
         # A run keeps the definition it started with, executors' default params merged in (`BaseExecutor.defaults`).
         known = discover_executors() if executors is None else executors
         self.specs = {name: with_defaults(workflow.spec(), known) for name, workflow in self.workflows.items()}
         self.answer_unknown = answer_unknown
+        self.others = frozenset(others)
 
     def initial(self, subject: str) -> State:
         return {}
@@ -166,7 +168,7 @@ class WorkflowRunner:
         return name
 
     def _unknown(self, state: State, event: Event) -> list[Emit]:
-        if not self.answer_unknown or state:
+        if not self.answer_unknown or state or event.data["workflow"] in self.others:
             return []
         known = ", ".join(sorted(self.specs)) or "none"
         return self._refuse(event, f"no workflow named {event.data['workflow']!r}; known: {known}")

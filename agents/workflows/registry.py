@@ -6,7 +6,7 @@ so a worker never starts with a broken workflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Final
@@ -70,7 +70,8 @@ def deployment_workflows(settings: Settings | None = None) -> dict[str, Workflow
 
 def workflow_processors(workflows: Mapping[str, Workflow], *, answer_unknown: bool = False,
                         executors: Mapping[str, BaseExecutor] | None = None,
-                        settings: Settings | None = None) -> list[Processor | StatefulProcessor]:
+                        settings: Settings | None = None,
+                        others: Collection[str] = ()) -> list[Processor | StatefulProcessor]:
     """The engine's processors: the run processor and a task worker (with every installed executor). With
     `settings`, the task worker keeps outputs in the configured object storage (idempotence, claim checks)."""
     from agents.workflows.processors import TaskWorker, WorkflowRunner
@@ -80,5 +81,5 @@ def workflow_processors(workflows: Mapping[str, Workflow], *, answer_unknown: bo
     outputs = None
     if settings is not None:
         outputs = OutputStore(S3Store.from_settings(settings), claim_check_bytes=settings.workflows.claim_check_bytes)
-    return [WorkflowRunner(workflows, answer_unknown=answer_unknown, executors=executors),
+    return [WorkflowRunner(workflows, answer_unknown=answer_unknown, executors=executors, others=others),
             TaskWorker(executors, outputs=outputs)]

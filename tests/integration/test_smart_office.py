@@ -47,6 +47,15 @@ async def device(stack: Settings) -> AsyncIterator[tuple[gmqtt.Client, asyncio.Q
     await client.disconnect()
 
 
+async def _next_on(inbox: asyncio.Queue[tuple[str, bytes]], topic: str) -> bytes:
+    """The next payload on `topic`. Once, in the full suite, amqtt also handed this client the retained 'offline'
+    status of a device an earlier test had simulated (devices/<id>/status, not subscribed here); that is skipped."""
+    while True:
+        got, payload = await inbox.get()
+        if got == topic:
+            return payload
+
+
 async def _reading_applied(stack: Settings, value: float) -> None:
     """Wait until the device twin holds `value`: it publishes the device's readings on iot.twins."""
     await wait_for_event(stack, catalog.IOT_TWINS, lambda e: e.subject == DEVICE and any(
@@ -68,9 +77,8 @@ async def test_the_agent_answers_commands_and_alerts_from_mqtt(
 
         _, replies = await chat.say("turn on the fan in room 2")
         assert [reply.data["text"] for reply in replies] == ["Turning on the fan in room 2 (sim-2)."]
-        topic, payload = await asyncio.wait_for(inbox.get(), 60)
+        payload = await asyncio.wait_for(_next_on(inbox, f"devices/{DEVICE}/set"), 60)
         command = json.loads(payload)
-        assert topic == f"devices/{DEVICE}/set"
         assert (command["target"], command["name"], command["agent"]) == (DEVICE, "turn_on", "smart_office")
         assert json.loads(command["args"])["room"] == "2"
 

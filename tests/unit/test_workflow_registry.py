@@ -67,7 +67,7 @@ def test_an_engine_workflow_may_not_shadow_an_inline_one() -> None:
 def test_cli_check_and_offline_run() -> None:
     runner = CliRunner()
     checked = runner.invoke(cli, ["workflow", "check", str(DEMO)], obj={})
-    assert checked.exit_code == 0 and "6 file(s) valid" in checked.output
+    assert checked.exit_code == 0 and "7 file(s) valid" in checked.output
     ran = runner.invoke(cli, ["workflow", "run", str(DEMO / "diamond.yaml"), "--offline", "--input",
                               '{"a": 1, "b": 2}'], obj={})
     assert ran.exit_code == 0, ran.output
@@ -79,3 +79,32 @@ def test_cli_check_reports_problems_with_lines(tmp_path: Path) -> None:
     bad.write_text("workflow: w\ntasks:\n  - {name: t, executor: nope}\n", encoding="utf-8")
     result = CliRunner().invoke(cli, ["workflow", "check", str(bad)], obj={})
     assert result.exit_code == 1 and f"{bad}:3: task 't': unknown executor 'nope'" in result.output
+
+
+async def test_the_agents_python_workflows_run_on_the_engine_with_the_inline_results() -> None:
+    """A worker runs an agent's `WORKFLOWS` function as a one-task engine workflow: same output, and an expected
+    failure (`WorkflowFailed`) fails the run at once with its message (a dialogue's `on_error`)."""
+    from agents.inline_workflows import run_inline
+    from agents.registry import agent_engine_workflows
+    from agents.workflows.offline import run_offline
+
+    agents = discover_agents()
+    engine = agent_engine_workflows(agents)
+    assert {"order_status", "create_ticket", "reset_password"} <= set(engine)
+    functions = next(a for a in agents if a.name == "customer_service").workflows
+    found = await run_offline(engine["order_status"], {"order_id": "ab1234"})
+    assert found.status == "succeeded"
+    assert found.output == run_inline(functions, "order_status", {"order_id": "ab1234"})["output"]
+    missing = await run_offline(engine["order_status"], {"order_id": "zz9"})
+    assert missing.status == "failed" and "no order ZZ9" in str(missing.state["error"])
+    assert len(missing.state["tasks"]["run"]["history"]) == 1, "an expected failure is not retried"
+
+
+def test_a_worker_runs_the_agents_workflows_on_the_engine_and_no_inline_runner() -> None:
+    from streams.app import default_processors
+
+    processors = default_processors()
+    assert not [p for p in processors if isinstance(p, InlineWorkflowRunner)]
+    runner = next(p for p in processors if getattr(p, "name", "") == "workflow-runs")
+    assert {"order_status", "create_ticket", "reset_password"} <= set(runner.workflows)  # type: ignore[attr-defined]
+    assert "device_reading" in runner.others  # type: ignore[attr-defined]  # the device twin answers those
