@@ -36,6 +36,9 @@ from topics.event import Event, derived_id
 DELEGATION = "delegation"
 
 
+#: Answers kept that arrived before their request was applied (again), per session; see `on_answer`.
+EARLY_ANSWERS = 8
+
 class CollaborationError(DialogueError):
     """A delegation or transfer names an agent the deployment does not run."""
 
@@ -110,16 +113,28 @@ class Collaboration:
                                                  f"broadcast {action.request} to {asked} ({action.at})"))
             return True
         deadline = self.event.time + timedelta(seconds=action.timeout_s)
-        waiting = {"kind": DELEGATION, "request_id": request_id, "request": action.request,
-                   "expected": recipients, "answers": [], "collect": action.collect, "save_as": action.save_as,
-                   "on_timeout": action.on_timeout, "timeout_s": action.timeout_s, "deadline": deadline.isoformat(),
-                   "correlation": self.event.correlationid, "cause": self.event.id,
-                   "capability": action.capability}
+        waiting: dict[str, Any] = {
+            "kind": DELEGATION, "request_id": request_id, "request": action.request, "expected": recipients,
+            "answers": [], "collect": action.collect, "save_as": action.save_as, "on_timeout": action.on_timeout,
+            "timeout_s": action.timeout_s, "deadline": deadline.isoformat(), "correlation": self.event.correlationid,
+            "cause": self.event.id, "capability": action.capability}
         st["await"] = waiting
         self.effects.append(RecordTransition(self.label(), f"{self.label()} (waiting for {asked})",
                                              f"delegate {action.request} ({action.at})"))
         if not recipients:
             self.delegation_failed(waiting)
+            return False
+        early = dict(st.get("early_answers") or {})
+        kept = early.pop(request_id, None)
+        if kept is not None:  # this step is applied again after a crash, and answers came already
+            if early:
+                st["early_answers"] = early
+            else:
+                st.pop("early_answers", None)
+            for answer in kept:
+                if answer["agent"] in recipients and all(a["agent"] != answer["agent"] for a in waiting["answers"]):
+                    waiting["answers"].append(answer)
+            self.settle(waiting)
         return False
 
     def recipients(self, action: Delegate) -> list[str]:
@@ -138,8 +153,14 @@ class Collaboration:
         agent = str(self.payload.get("agent") or self.data.get("name"))
         found = self.find_delegation(request_id)
         if found is None:
-            self.effects.append(RecordTransition(self.label(), self.label(), f"ignored an answer from {agent} to "
-                                                 f"request {request_id}: not waited for (late, or answered)"))
+            # After a crash the step that asked can be applied again after its answers arrived (they travel on
+            # different topics): keep the last few, so that the same request (same id) finds them.
+            early = {key: list(value) for key, value in (self.state.get("early_answers") or {}).items()}
+            early.setdefault(str(request_id), []).append({"agent": agent, "text": self.payload.get("text"),
+                                                          "output": self.payload.get("output")})
+            self.state["early_answers"] = dict(list(early.items())[-EARLY_ANSWERS:])
+            self.effects.append(RecordTransition(self.label(), self.label(), f"kept an answer from {agent} to "
+                                                 f"request {request_id}: not waited for (yet, or late)"))
             return
         waiting, current = found
         if agent not in waiting["expected"] or any(a["agent"] == agent for a in waiting["answers"]):

@@ -84,6 +84,10 @@ class PolicyRuntimeError(DialogueError):
         self.at = at
 
 
+#: Workflow results kept that arrived before their request was applied (again), per session; see on_workflow_result.
+EARLY_RESULTS = 8
+
+
 def initial_state(session_id: str = "") -> dict[str, Any]:
     """A session nobody has spoken in yet."""
     return {
@@ -291,9 +295,36 @@ class _Step(Collaboration):
                                                      f"kept the result of workflow {aside.get('workflow')} for "
                                                      f"{entry['flow']}/{entry['node']}, set aside"))
                 return
+        # Not waited for (yet). After a crash the input that started the run can be applied again after its
+        # result arrived (they travel on different topics): keep the last few, so that call_workflow finds it.
+        early = dict(st.get("early_results") or {})
+        early[str(run_id)] = {key: self.payload.get(key) for key in ("status", "output", "error")}
+        st["early_results"] = dict(list(early.items())[-EARLY_RESULTS:])
         self.effects.append(RecordTransition(self.label(), self.label(),
-                                             f"ignored a result of workflow {self.data.get('name')} run "
-                                             f"{run_id}: not waited for"))
+                                             f"kept a result of workflow {self.data.get('name')} run "
+                                             f"{run_id}: not waited for (yet)"))
+
+    def call_workflow(self, action: CallWorkflow) -> None:
+        """Start the workflow and wait for its result; the run id derives from the input, so the same step applied
+        again starts the same run (which the workflow engine does not run twice)."""
+        st = self.state
+        self.workflows += 1
+        run_id = derived_id(self.event.id, f"workflow/{self.workflows}")
+        payload = self.value(action.input, action.at)
+        self.effects.append(StartWorkflow(run_id, action.workflow,
+                                          payload if isinstance(payload, Mapping) else {"value": payload}))
+        st["await"] = {"kind": "workflow", "run_id": run_id, "workflow": action.workflow,
+                       "save_as": action.save_as, "on_error": action.on_error}
+        self.effects.append(RecordTransition(self.label(), f"{self.label()} (waiting for {action.workflow})",
+                                             f"call_workflow ({action.at})"))
+        early = st.get("early_results") or {}
+        if run_id in early:  # this step is applied again after a crash, and the run's result came already
+            rest = {key: value for key, value in early.items() if key != run_id}
+            if rest:
+                st["early_results"] = rest
+            else:
+                st.pop("early_results", None)
+            self.apply_workflow_result(st["await"], early[run_id])
 
     def apply_workflow_result(self, waiting: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """The workflow the session waits for (at its current node) has finished: go on from that node."""
@@ -642,15 +673,7 @@ class _Step(Collaboration):
                 args=args if isinstance(args, Mapping) else ({} if args is None else {"value": args}),
             ))
         elif isinstance(action, CallWorkflow):
-            self.workflows += 1
-            run_id = derived_id(self.event.id, f"workflow/{self.workflows}")
-            payload = self.value(action.input, action.at)
-            self.effects.append(StartWorkflow(run_id, action.workflow,
-                                              payload if isinstance(payload, Mapping) else {"value": payload}))
-            st["await"] = {"kind": "workflow", "run_id": run_id, "workflow": action.workflow,
-                           "save_as": action.save_as, "on_error": action.on_error}
-            self.effects.append(RecordTransition(self.label(), f"{self.label()} (waiting for {action.workflow})",
-                                                 f"call_workflow ({action.at})"))
+            self.call_workflow(action)
             return False
         elif isinstance(action, Handoff):
             self.hand_off(self.render(action.reason, action.at))

@@ -93,6 +93,25 @@ def test_a_delegation_is_answered_with_the_same_correlation_and_the_dialogue_goe
     assert replies(again) == [] and "not waited for" in transitions(again)[0]
 
 
+def test_an_answer_that_comes_before_its_request_is_applied_again_after_a_crash_is_not_lost() -> None:
+    """The asking worker published the request and died before it stored the new state; after the restart the
+    answer (on the inbox) is read before the redelivered turn. It is kept, and the turn applied again asks the same
+    request (same id) and goes on with the kept answer."""
+    concierge, oracle = agent("concierge"), agent("oracle")
+    before = concierge.initial("s1")
+    asked = turn(concierge, "s1", "ask the oracle about rome")
+    _, emits = concierge.step(before, asked)  # effects out, state lost
+    (request,) = on(emits, "agent.oracle.signals")
+    _, served = oracle.step(oracle.initial(request.subject or ""), deliver(request, START))
+    (answer,) = on(served, "agent.concierge.signals")
+    kept, emits = concierge.step(before, deliver(answer, START + timedelta(seconds=1)))
+    assert replies(emits) == [] and "early_answers" in kept
+    done, emits = concierge.step(kept, asked)  # the turn, redelivered
+    assert [e.id for e in on(emits, "agent.oracle.signals")] == [request.id]
+    assert replies(emits) == ["Let me ask the oracle.", "The oracle says: sunny in rome (clear)"]
+    assert done["await"] is None and "early_answers" not in done
+
+
 def test_a_delegation_nobody_answers_times_out_by_the_sweeper_with_a_clear_reply() -> None:
     concierge = agent("concierge")
     asked = turn(concierge, "s2", "ask sleepy")

@@ -3,6 +3,7 @@ any sequence of events leaves a valid state, and replaying a recorded log reprod
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -453,3 +454,23 @@ def test_events_on_waiting_dialogues_leave_a_valid_state_and_replay_exactly(scri
     for event, recorded_state, recorded_effects in chat.log:
         state, effects = core.step(state, event, chat.policy)
         assert effects == recorded_effects and state == recorded_state
+
+
+def test_a_result_that_comes_before_its_request_is_applied_again_after_a_crash_is_not_lost() -> None:
+    """A worker applies "AB1234" (the order lookup starts), publishes, and dies before it stores the new state. The
+    restarted worker reads the workflow's result (another topic) before the redelivered turn: the result is kept,
+    and when the turn is applied again it starts the same run (same id) and answers from the kept result."""
+    chat = Conversation(AGENTS["customer_service"])
+    chat.say("where is my order?")
+    before = copy.deepcopy(chat.state)
+    turn = chat._event(core.UNDERSTOOD, {**_turn(chat, "AB1234")}, None)
+    _, effects = core.step(copy.deepcopy(before), turn, chat.policy)  # applied, effects out; the state is lost
+    [started] = [e for e in effects if isinstance(e, StartWorkflow)]
+    result = run_inline(AGENTS["customer_service"].workflows, "order_status", started.input)
+    chat.state = before
+    kept = chat.signal("workflow_result", name="order_status", data={"run_id": started.run_id, **result})
+    assert replies(kept) == [] and chat.label == "order_status/ask"
+    chat.state, again = core.step(chat.state, turn, chat.policy)  # the turn, redelivered
+    assert [e.run_id for e in again if isinstance(e, StartWorkflow)] == [started.run_id]
+    assert replies(again) == ["Order AB1234 was delivered by DHL on 2026-11-20."]
+    assert chat.label == core.IDLE and "early_results" not in chat.state
