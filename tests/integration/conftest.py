@@ -94,9 +94,12 @@ def log_digest(root: Path, limit: int = 12) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
-    if report.failed and isinstance(tmp_path, Path):
-        digest = log_digest(tmp_path)
+    funcargs = getattr(item, "funcargs", {})
+    # A test's own stack lives under its tmp_path; the session stack's data directory is its settings' data_dir.
+    roots = [root for root in (funcargs.get("tmp_path"), getattr(funcargs.get("stack"), "data_dir", None))
+             if isinstance(root, Path)]
+    if report.failed and report.when == "call":
+        digest = "\n".join(filter(None, (log_digest(root) for root in roots)))
         if digest:
             item.config.stash.setdefault(_DIGESTS, []).append(f"{item.nodeid}\n{digest}")
 
