@@ -1,5 +1,5 @@
-"""`python -m infra.embedded.mqtt_broker -c CONFIG`: the embedded amqtt broker, with two fixes the MQTT bridge's
-"nothing lost" guarantee needs (amqtt 0.12; see docs/iot.md):
+"""`python -m infra.embedded.mqtt_broker -c CONFIG`: the embedded amqtt broker, with fixes (amqtt 0.12; see
+docs/iot.md): two that the MQTT bridge's "nothing lost" guarantee needs, and one for retained messages:
 
 1. amqtt marks *every* client anonymous when anonymous access is allowed, and keeps no QoS 1/2 messages for an
    anonymous client's persistent session while it is away. `NamedSessionAuthPlugin` allows anonymous clients but
@@ -9,6 +9,10 @@
    (4.4) requires it to be resent when the client reconnects with the same session. The patched flow waits for
    the PUBACK as long as the connection lives and keeps an unacknowledged message in the session, so amqtt's own
    reconnect path (`_retry_deliveries`) resends it.
+3. On every connect amqtt sends the client the retained messages of *every* topic filter any client subscribed to
+   (`for topic in self._subscriptions`), not only the client's own: a device subscribed to `devices/<id>/set` got
+   the other devices' retained `devices/<id>/status` messages (the bridge subscribes to `devices/+/status`), and the
+   simulator took `online` for a command. Retained messages now go only with the session's own subscriptions.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from amqtt.broker import Broker
 from amqtt.errors import AMQTTError
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.plugins.authentication import AnonymousAuthPlugin
@@ -57,8 +62,19 @@ async def _qos1_flow(self: Any, app_message: Any) -> None:
     self.session.inflight_out.pop(packet_id, None)
 
 
+_original_retained = Broker._publish_retained_messages_for_subscription
+
+
+async def _retained_for_own_subscription(self: Any, subscription: tuple[str, int], session: Session) -> None:
+    """Retained messages for `subscription` only if it is the session's own (fix 3)."""
+    subscribers = self._subscriptions.get(subscription[0], ())
+    if any(subscriber is session or subscriber.client_id == session.client_id for subscriber, _ in subscribers):
+        await _original_retained(self, subscription, session)
+
+
 def apply_fixes() -> None:
     ProtocolHandler._handle_qos1_message_flow = _qos1_flow
+    Broker._publish_retained_messages_for_subscription = _retained_for_own_subscription
 
 
 def main() -> None:

@@ -241,3 +241,27 @@ def test_iot_simulate_command(cli_env: dict[str, str]) -> None:
                           env=cli_env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "2 simulated device(s) online" in done.stdout
+
+
+async def test_a_device_gets_only_what_it_subscribed_to(stack: Settings, mqtt: gmqtt.Client) -> None:
+    """Another device's retained status matches the bridge's `devices/+/status`, not this device's command topic:
+    the embedded broker must not hand it over when this device connects (amqtt 0.12 did, fix 3 in
+    infra/embedded/mqtt_broker.py)."""
+    other, device = _device(), _device()
+    mqtt.publish(f"devices/{other}/status", b"online", qos=1, retain=True)
+    await wait_for_event(stack, catalog.IOT_PRESENCE, lambda e: e.subject == other)  # the broker has it retained
+    client = gmqtt.Client(f"test-{device}")
+    host, port = stack.mqtt_address
+    await client.connect(host, port, version=MQTTv311)
+    try:
+        subscribed = asyncio.get_running_loop().create_future()
+        client.on_subscribe = lambda *args: subscribed.done() or subscribed.set_result(True)
+        inbox = _receiver(client, f"devices/{device}/set")
+        await asyncio.wait_for(subscribed, 10)
+        sentinel = f"sentinel {uuid.uuid4().hex[:6]}".encode()
+        mqtt.publish(f"devices/{device}/set", sentinel, qos=1)
+        # Whatever the broker sends on connect comes before the sentinel: the first message must be the sentinel.
+        assert await asyncio.wait_for(inbox.get(), 30) == (f"devices/{device}/set", sentinel)
+    finally:
+        mqtt.publish(f"devices/{other}/status", b"", qos=1, retain=True)  # clear the retained message
+        await client.disconnect()
