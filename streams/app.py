@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -12,7 +13,9 @@ from infra.bus.clients import ssl_context
 from infra.config import Settings
 from streams.directory import announce_agents
 from streams.shell import StreamShell
-from topics.processor import Processor, StatefulProcessor
+from topics.processor import Closing, Processor, StatefulProcessor
+
+log = logging.getLogger(__name__)
 
 
 class SwitchboardApp(faust.App):
@@ -109,4 +112,22 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     running = default_processors(settings) if processors is None else processors
     shell.register_all(running)
     announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")
+    _close_on_shutdown(app, running)
     return app
+
+
+def _close_on_shutdown(app: faust.App, processors: list[Processor | StatefulProcessor]) -> None:
+    """Close what processors hold (object storage clients) once the consumer has stopped: an input being handled
+    has finished by then, and nothing is left open at exit."""
+    closing = [processor for processor in processors if isinstance(processor, Closing)]
+    if not closing:
+        return
+
+    async def close(sender: Any, **kwargs: Any) -> None:
+        for processor in closing:
+            try:
+                await processor.close()
+            except Exception:
+                log.exception("closing %s failed", getattr(processor, "name", processor))
+
+    cast(Any, app.on_before_shutdown).connect(close, weak=False)

@@ -71,3 +71,11 @@ class Sweeping(Protocol):
     """
 
     def sweep(self, subject: str, state: State, now: datetime) -> Sequence[Emit]: ...
+
+
+@runtime_checkable
+class Closing(Protocol):
+    """A processor that holds a connection of its own (object storage, a model client): the worker calls `close`
+    once as it stops, after its consumer has stopped and before its producer flushes, so nothing is left open."""
+
+    async def close(self) -> None: ...

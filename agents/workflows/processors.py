@@ -287,6 +287,11 @@ class TaskWorker:
                               time=at(data["finished_ms"]))
         return [Emit(catalog.WORKFLOW_RESULTS, result)]
 
+    async def close(self) -> None:
+        """Release the output store's connection (the worker stops)."""
+        if self.outputs is not None:
+            await self.outputs.objects.close()
+
     async def attempt(self, command: Mapping[str, Any]) -> dict[str, Any]:
         """The result of one command: its stored success if there is one, else what running it gave (a success
         stored first). Storage that does not answer is waited out here (back-pressure), never turned into a

@@ -57,6 +57,8 @@ class ObjectStore(Protocol):
 
     async def read(self, uri: str) -> bytes: ...
 
+    async def close(self) -> None: ...
+
 
 class MemoryStore:
     """An object store in this process (`memory://` URIs): offline runs (`switchboard workflow run --offline`)."""
@@ -79,6 +81,9 @@ class MemoryStore:
         if not uri.startswith("memory://") or key not in self.objects:
             raise PermanentError(f"no stored object {uri!r} in this process (an offline run reads only its own)")
         return self.objects[key]
+
+    async def close(self) -> None:
+        """Nothing to release: the objects live as long as the store."""
 
 
 @dataclass(frozen=True)
