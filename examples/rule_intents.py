@@ -1,10 +1,11 @@
 """A user's own intents deployment for Switchboard: a Ray Serve application that keeps the contract of
-`serving.intents_app` (docs/serving.md, "Your own deployment"). Here the "model" is a table of keywords per agent and
-intent; put your own model in `RuleIntents.__init__` (load it from a local folder) and `_answer`.
+`serving.intents_app` (docs/serving.md, "Your own intents deployment"). Here the "model" is a table of keywords per
+agent and intent; put your own model in `RuleIntents.__init__` (load it from a local folder) and `_answer`.
 
 Deploy it on the Ray the workers reach, then point Switchboard at it:
 
-    serve run examples.rule_intents:build_app rules=/path/to/rules.json --name my-intents   # or, in Python:
+    serve run --address ray://head:10001 --non-blocking --name my-intents \
+        examples.rule_intents:build_app rules=/path/to/rules.json            # or, in Python:
     serve.run(rules_app(RULES), name="my-intents", route_prefix=None)
     SWITCHBOARD_SERVING__INTENTS_APP=my-intents switchboard up
 

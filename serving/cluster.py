@@ -293,7 +293,7 @@ def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
         except Exception as exc:
             raise ServingUnavailableError(f"the application {user_app} (serving.intents_app) is not deployed on "
                                           f"this Ray ({type(exc).__name__}: {exc}); deploy it (docs/serving.md, "
-                                          "'Your own deployment') or unset serving.intents_app") from None
+                                          "'Your own intents deployment') or unset serving.intents_app") from None
     intents_name, knowledge_name = app_names(settings)
     app, deployment = (intents_name, INTENTS) if which == INTENTS_SUFFIX else (knowledge_name, KNOWLEDGE)
     try:

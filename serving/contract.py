@@ -1,5 +1,5 @@
 """What an intents application must answer, checked on the worker's side: Switchboard's own deployment and one the
-user plugs in with `serving.intents_app` keep the same contract (docs/serving.md, "Your own deployment").
+user plugs in with `serving.intents_app` keep the same contract (docs/serving.md, "Your own intents deployment").
 
 A request is `recognise(pairs)` with a list of (agent, text) pairs; the answer is a list with one dict per pair, in
 order: `{"intent": str | None, "confidence": float in [0, 1]}`, optionally `alternatives` ([[intent, confidence],
