@@ -17,6 +17,7 @@ from typing import Any
 
 from infra.config import Settings
 from serving.answers import IntentPrediction
+from serving.cluster import intents_app_name
 from serving.contract import check_answers, prediction
 from serving.errors import ServingError, ServingTimeoutError, ServingUnavailableError, UnknownAgentModelError
 
@@ -43,7 +44,7 @@ class IntentClient:
         self.retry_after_s = settings.serving.retry_after_s
         self.max_batch = settings.serving.max_batch_size
         # the application called, for messages: the user's own (serving.intents_app) or Switchboard's
-        self.app = settings.serving.intents_app or f"{settings.serving.app_name}-intents"
+        self.app = intents_app_name(settings)
         self._factory = handle_factory or _ray_handle(settings)
         self._handle: Any = None
         self._connecting: asyncio.Task[Any] | None = None

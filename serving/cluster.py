@@ -284,16 +284,17 @@ def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
     import_ray()
     from ray import serve
 
-    from serving.deployments import INTENTS, KNOWLEDGE
-
     user_app = settings.serving.intents_app
-    if which == INTENTS_SUFFIX and user_app:
+    if which == INTENTS_SUFFIX and user_app:  # before importing Switchboard's deployments (torch): not needed here
         try:
             return serve.get_app_handle(user_app)
         except Exception as exc:
             raise ServingUnavailableError(f"the application {user_app} (serving.intents_app) is not deployed on "
                                           f"this Ray ({type(exc).__name__}: {exc}); deploy it (docs/serving.md, "
                                           "'Your own intents deployment') or unset serving.intents_app") from None
+
+    from serving.deployments import INTENTS, KNOWLEDGE
+
     intents_name, knowledge_name = app_names(settings)
     app, deployment = (intents_name, INTENTS) if which == INTENTS_SUFFIX else (knowledge_name, KNOWLEDGE)
     try:
