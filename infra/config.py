@@ -228,6 +228,12 @@ class ServingSettings(_Section):
         "ray_address is set")
     ray_address: str | None = Field(None, description="a Ray cluster to deploy to and call (ray://head:10001 or "
         "head:6379); unset = a local Ray on 127.0.0.1 that `switchboard serve` starts")
+    ray_token_path: Path | None = Field(None, description="the token file of a Ray cluster (serving.ray_address) "
+        "with token authentication; unset = Ray's own settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, "
+        "~/.ray/auth_token). A local Ray always uses a token of the data directory")
+    intents_app: str | None = Field(None, min_length=1, description="a Ray Serve application of your own, on the "
+        "Ray the workers reach, that recognises intents instead of Switchboard's (its ingress deployment has "
+        "`recognise`; contract in docs/serving.md); `switchboard serve` then deploys no intents application")
     app_name: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$",
         description="name of the Ray Serve application (one per deployment of Switchboard on a cluster)")
     model_path: Path | None = Field(None, description="a local sentence-transformers model folder or a "

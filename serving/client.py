@@ -12,11 +12,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from infra.config import Settings
 from serving.answers import IntentPrediction
+from serving.cluster import intents_app_name
+from serving.contract import check_answers, prediction
 from serving.errors import ServingError, ServingTimeoutError, ServingUnavailableError, UnknownAgentModelError
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class IntentClient:
         self.timeout_s = settings.serving.request_timeout_s
         self.retry_after_s = settings.serving.retry_after_s
         self.max_batch = settings.serving.max_batch_size
+        # the application called, for messages: the user's own (serving.intents_app) or Switchboard's
+        self.app = intents_app_name(settings)
         self._factory = handle_factory or _ray_handle(settings)
         self._handle: Any = None
         self._connecting: asyncio.Task[Any] | None = None
@@ -110,37 +114,46 @@ class IntentClient:
                 continue
             if "error" in answer:
                 future.set_exception(UnknownAgentModelError(str(answer["error"])))
-            else:
-                future.set_result(IntentPrediction.from_dict(answer))
+                continue
+            try:
+                future.set_result(prediction(answer, self.app, self.app))
+            except ServingError as exc:
+                self._fail(str(exc))
+                future.set_exception(exc)
 
-    async def _call(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    async def _call(self, pairs: list[tuple[str, str]]) -> list[Mapping[str, Any]]:
         handle = await self._connected()
         self.requests += 1
         self.turns += len(pairs)
         try:
             response = handle.recognise.remote(pairs)
         except Exception as exc:
-            raise ServingUnavailableError(f"the intents deployment refused a request: {type(exc).__name__}: "
-                                          f"{exc}") from None
+            raise ServingUnavailableError(f"the intents application {self.app} refused a request: "
+                                          f"{type(exc).__name__}: {exc}") from None
         try:
-            answers: list[dict[str, Any]] = await asyncio.wait_for(_awaitable(response), self.timeout_s)
+            answers: Any = await asyncio.wait_for(_awaitable(response), self.timeout_s)
         except TimeoutError:
             with contextlib.suppress(Exception):
                 response.cancel()
             self._handle = None  # look the deployment up again next time: `switchboard serve` may have restarted
             self._connecting = None
             raise ServingTimeoutError(f"the served intent model did not answer within {self.timeout_s:g}s "
-                                      "(serving.request_timeout_s)") from None
+                                      f"(serving.request_timeout_s; application {self.app})") from None
         except ServingError:
             raise
         except Exception as exc:  # Ray's errors: the actor died, the app was deleted, the cluster went away
             self._handle = None
             self._connecting = None
             raise ServingUnavailableError(f"the served intent model failed: {type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        if len(answers) != len(pairs):
-            raise ServingUnavailableError(f"the intents deployment answered {len(answers)} of {len(pairs)} turns")
-        return answers
+                                          f"{_first_line(exc)} (application {self.app})") from None
+        return check_answers(answers, len(pairs), self.app)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first informative line of a Ray error (a RayTaskError starts with the task, then the traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), "")
+    return f"{lines[0]} {last}".strip() if lines and last and last != lines[0] else (lines[0] if lines else "")
 
 
 async def _awaitable(response: Any) -> Any:
