@@ -11,6 +11,7 @@ import faust
 from infra.bus.clients import ssl_context
 from infra.config import Settings
 from streams.directory import announce_agents
+from streams.recognisers import run_shared_caches
 from streams.shell import StreamShell
 from topics.processor import Processor, StatefulProcessor
 
@@ -109,4 +110,5 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     running = default_processors(settings) if processors is None else processors
     shell.register_all(running)
     announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")
+    run_shared_caches(app, running)
     return app
