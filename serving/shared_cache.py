@@ -221,15 +221,16 @@ class SharedAnswerCache:
 
     async def _follow(self) -> None:
         consumer = make_consumer(self.settings)
-        await consumer.start()
         try:
+            await consumer.start()
             partitions = await self._partitions(consumer)
             ends = {tp: end.end for tp, end in (await find_ends(consumer, partitions, self.settings)).items()}
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             loading = {tp for tp, end in ends.items() if end > 0}
-            if not loading:
+            if not loading and not self.loaded.is_set():
                 self.loaded.set()
+                log.info("shared cache: %s is empty so far", self.topic)
             while True:
                 batch = await consumer.getmany(timeout_ms=self.settings.kafka.effective_fetch_max_wait_ms + 300)
                 for tp, records in batch.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import faust
@@ -20,12 +21,13 @@ class SharedCacheService(Service):
         super().__init__()
         self.cache = cache
         self.recognisers = list(recognisers)
+        self.identifying: list[asyncio.Future[None]] = []  # done once each client has asked
 
     async def on_start(self) -> None:
         await self.cache.start()
         clients = {id(recogniser.client): recogniser.client for recogniser in self.recognisers}
         for client in clients.values():  # in the background: connecting to Ray may take a while
-            self.add_future(client.identify())
+            self.identifying.append(self.add_future(client.identify()))
 
     async def on_stop(self) -> None:
         await self.cache.close()

@@ -195,3 +195,19 @@ async def test_closing_a_mirror_that_never_reached_the_bus_ends_its_tasks(tmp_pa
     assert shared.get(key) == PREDICTION and shared.publish_failures == 1 and not shared.loaded.is_set()
     await shared.close()
     assert shared._follower is not None and shared._follower.done()
+
+
+async def test_the_worker_service_starts_and_closes_its_shared_cache(tmp_path: Path) -> None:
+    from streams.recognisers import SharedCacheService
+
+    unreachable = load_settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"},
+                                serving={"enabled": True, "request_timeout_s": 0.5})
+    shared = SharedAnswerCache(unreachable)
+    client = IntentClient(unreachable, handle_factory=DescribedHandle)
+    service = SharedCacheService(shared, [ServedRecogniser(POLICY, client, LRUCache(10), shared)])
+    await service.start()
+    assert shared._follower is not None and not shared._follower.done()
+    await asyncio.gather(*service.identifying)
+    await service.stop()
+    assert shared._closed and shared._follower.done()
+    assert client.model == "all-MiniLM-L6-v2@int8", "the service asked the deployment which model it serves"
