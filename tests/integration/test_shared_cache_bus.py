@@ -83,3 +83,24 @@ async def test_an_answer_one_worker_obtained_is_a_shared_hit_for_another(stack: 
     finally:
         await first_level.close()
         await second_level.close()
+
+
+async def test_a_worker_with_serving_enabled_publishes_its_answers(tmp_path: Path) -> None:
+    """`switchboard up` with serving on: the worker's recogniser calls the model on Ray and publishes the answer."""
+    from infra.console import ChatSession
+    from infra.testing import embedded_settings, running_stack, wait_for_event
+    from topics import catalog
+
+    settings = embedded_settings(tmp_path, serving={"enabled": True, "threads": 1, "replica_cpus": 0.5,
+                                                    "knowledge": False, "request_timeout_s": 20.0})
+    async with running_stack(settings=settings):
+        async with ChatSession(settings, "customer_service", "shared-1") as chat:
+            await chat.say("Where is my order AB1234?")
+        understood = await wait_for_event(settings, catalog.agent_topics("customer_service").understood,
+                                          lambda event: event.subject == "shared-1", timeout_s=60)
+        assert str(understood.data["model"]).startswith("served:all-MiniLM-L6-v2@int8:"), understood.data
+        answer = await wait_for_event(settings, catalog.SERVING_ANSWERS,
+                                      lambda event: event.data["text"] == "where is my order ab1234?", timeout_s=60)
+        assert answer.data["model"] == "all-MiniLM-L6-v2@int8" and answer.data["agent"] == "customer_service"
+        assert answer.data["intent"] == understood.data["intent"]
+        assert answer.source.startswith("/switchboard/recogniser/")
