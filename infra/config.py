@@ -258,6 +258,13 @@ class ServingSettings(_Section):
     retry_after_s: float = Field(10.0, ge=0, le=3600, description="after a failure, workers use the keyword "
         "recogniser this long before calling the served model again")
     cache_size: int = Field(4096, ge=0, description="recognised texts each worker keeps in its LRU cache (0: none)")
+    shared_cache: bool = Field(True, description="the second level of the cache: answers of the served model are "
+        "published on the compacted topic serving.answers, and every worker mirrors it, so a text one worker had "
+        "recognised is a hit for all (and for itself after a restart)")
+    shared_cache_size: int = Field(65536, ge=1, description="answers each worker's mirror of serving.answers keeps "
+        "in memory (least recently used ones are dropped locally, not from the topic)")
+    shared_cache_publish_timeout_s: float = Field(5.0, gt=0, le=60, description="a publish to serving.answers that "
+        "takes longer is given up (and logged); turns never wait for it")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `switchboard serve` (and `up`) waits for "
         "Ray and the deployments to be ready")
 

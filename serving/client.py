@@ -54,6 +54,7 @@ class IntentClient:
         self._down_reason = ""
         self.requests = 0  # requests sent to the deployment (each with one or more turns)
         self.turns = 0
+        self.model: str | None = None  # the deployed model (name@precision), from its latest answer or `identify`
 
     async def recognise(self, agent: str, text: str) -> IntentPrediction:
         if time.monotonic() < self._down_until:
@@ -116,10 +117,25 @@ class IntentClient:
                 future.set_exception(UnknownAgentModelError(str(answer["error"])))
                 continue
             try:
-                future.set_result(prediction(answer, self.app, self.app))
+                result = prediction(answer, self.app, self.app)
             except ServingError as exc:
                 self._fail(str(exc))
                 future.set_exception(exc)
+                continue
+            self.model = result.model
+            future.set_result(result)
+
+    async def identify(self) -> str | None:
+        """Ask the deployment which model it serves (its `info`), so that cached answers of that model can be used
+        before this worker's first call; None (and logged) when it cannot say."""
+        try:
+            handle = await self._connected()
+            info = await asyncio.wait_for(_awaitable(handle.info.remote()), self.timeout_s)
+            self.model = str(info["model"])
+        except Exception as exc:  # best effort: the first answer tells the model anyway
+            log.info("served intent model: cannot tell which model is deployed yet (%s: %s)", type(exc).__name__, exc)
+            return None
+        return self.model
 
     async def _call(self, pairs: list[tuple[str, str]]) -> list[Mapping[str, Any]]:
         handle = await self._connected()

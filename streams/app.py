@@ -12,6 +12,7 @@ import faust
 from infra.bus.clients import ssl_context
 from infra.config import Settings
 from streams.directory import announce_agents
+from streams.recognisers import run_shared_caches
 from streams.shell import StreamShell
 from topics.processor import Closing, Processor, StatefulProcessor
 
@@ -112,6 +113,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     running = default_processors(settings) if processors is None else processors
     shell.register_all(running)
     announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")
+    run_shared_caches(app, running)
     _close_on_shutdown(app, running)
     return app
 
