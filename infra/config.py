@@ -252,6 +252,10 @@ class ServingSettings(_Section):
     retry_after_s: float = Field(10.0, ge=0, le=3600, description="after a failure, workers use the keyword "
         "recogniser this long before calling the served model again")
     cache_size: int = Field(4096, ge=0, description="recognised texts each worker keeps in its LRU cache (0: none)")
+    stream_concurrency: int = Field(16, ge=1, le=1024, description="turns a worker's recogniser stage handles at "
+        "once, so that they reach the model as one batched request; a session's turns still leave in order")
+    knowledge_top_k: int = Field(3, ge=1, le=20, description="FAQ entries retrieved per turn for agents with a "
+        "knowledge base (recorded in the understood event)")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `switchboard serve` (and `up`) waits for "
         "Ray and the deployments to be ready")
 
