@@ -84,6 +84,8 @@ async def test_concurrent_turns_are_batched_and_each_session_keeps_its_order(ser
 
     after = await _intents_info(served_stack)
     batches, items = after["batches"] - before["batches"], after["items"] - before["items"]
+    print(f"{len(turns)} turns of {len(sessions)} sessions: {items} turns in {batches} model batches "
+          f"({items / max(batches, 1):.1f} per batch)")
     assert items >= len(turns) and items / batches > 1, (
         f"{items} turns in {batches} model batches: the worker sent them one at a time")
 
