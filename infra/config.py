@@ -265,6 +265,10 @@ class ServingSettings(_Section):
         "in memory (least recently used ones are dropped locally, not from the topic)")
     shared_cache_publish_timeout_s: float = Field(5.0, gt=0, le=60, description="a publish to serving.answers that "
         "takes longer is given up (and logged); turns never wait for it")
+    stream_concurrency: int = Field(16, ge=1, le=1024, description="turns a worker's recogniser stage handles at "
+        "once, so that they reach the model as one batched request; a session's turns still leave in order")
+    knowledge_top_k: int = Field(3, ge=1, le=20, description="FAQ entries retrieved per turn for agents with a "
+        "knowledge base (recorded in the understood event)")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `switchboard serve` (and `up`) waits for "
         "Ray and the deployments to be ready")
 
