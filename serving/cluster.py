@@ -33,7 +33,6 @@ T = TypeVar("T")
 NAMESPACE = "switchboard"
 ADDRESS_FILE = "serving.address"
 TOKEN_FILE = "serving.token"
-CONNECT_TIMEOUT_S = 30.0  # `switchboard serve` gives up on an unreachable cluster after this long
 INTENTS_SUFFIX = "intents"
 KNOWLEDGE_SUFFIX = "knowledge"
 Progress = Callable[[str], None]
@@ -130,6 +129,7 @@ def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
     """Start Ray in this process on 127.0.0.1 (no dashboard); returns its GCS address."""
     use_local_token(settings, create=True)
     ray = import_ray(local=True)
+    _leave(ray, "to start a local Ray")
     _enable_faulthandler()
     needed = 2 * settings.serving.replicas * settings.serving.replica_cpus
     num_cpus = max(os.cpu_count() or 1, int(needed + 0.999)) if cpus is None else cpus
@@ -187,6 +187,19 @@ def _client_config() -> None:
             importlib.import_module("ray._raylet").Config.initialize("")
 
 
+def _leave(ray: Any, why: str) -> None:
+    """Leave the Ray this process joined or started, if any: a process belongs to one Ray at a time (a worker after
+    `switchboard serve` restarted elsewhere; a process that was a client of one Ray and now starts its own)."""
+    if not ray.is_initialized():
+        return
+    log.info("leaving Ray %s %s", _connected_to[-1] if _connected_to else "(started here)", why)
+    ray.shutdown()
+    _connected_to.clear()
+    # Serve caches its controller per job id, and the new cluster numbers jobs from 1 again: forget it.
+    with contextlib.suppress(ImportError, AttributeError):
+        importlib.import_module("ray.serve.context")._set_global_client(None)
+
+
 def connect(address: str, timeout_s: float | None = None) -> None:
     """Join the Ray cluster at `address` as a client of its deployments (idempotent in a process; a different
     address leaves the old cluster first, e.g. after `switchboard serve` restarted); with `timeout_s`, give up
@@ -195,11 +208,7 @@ def connect(address: str, timeout_s: float | None = None) -> None:
     if ray.is_initialized():
         if not _connected_to or _connected_to[-1] == address:
             return
-        log.info("Ray moved from %s to %s: reconnecting", _connected_to[-1], address)
-        ray.shutdown()
-        # Serve caches its controller per job id, and the new cluster numbers jobs from 1 again: forget it.
-        with contextlib.suppress(ImportError, AttributeError):
-            importlib.import_module("ray.serve.context")._set_global_client(None)
+        _leave(ray, f"to join {address}")
     _client_config()
     _enable_faulthandler()
 

@@ -58,7 +58,8 @@ def running(settings: Settings, progress: Progress = _noop) -> Iterator[Deployed
         address = settings.serving.ray_address or ""
         progress(f"ray: joining the cluster at {address}")
         cluster.use_cluster_token(settings)
-        cluster.connect(address, timeout_s=cluster.CONNECT_TIMEOUT_S)
+        # A Ray client connection (ray://) takes 20-30 s on a busy two-core machine: allow the start timeout.
+        cluster.connect(address, timeout_s=settings.serving.start_timeout_s)
     try:
         deployed = cluster.deploy(settings, training, knowledge or None, progress)
         if local:
