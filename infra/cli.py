@@ -541,8 +541,10 @@ def serve_command(ctx: click.Context, block: bool | None) -> None:
               help="FP32 model folder (default: the bundled all-MiniLM-L6-v2).")
 @click.option("--output", "output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the artefact (serving.model_path can point at it).")
-@click.option("--level", type=click.Choice(["fp32", "int8", "int8-per-tensor"]), default="int8", show_default=True,
-              help="Optimisation level: int8 = torch dynamic quantization, per-channel weight scales.")
+@click.option("--level", type=click.Choice(["fp32", "int8", "int8-per-tensor", "bnb-int8", "bnb-nf4"]), default="int8",
+              show_default=True, help="Optimisation level: int8 = torch dynamic quantization, per-channel weight "
+              "scales (CPU); bnb-int8 / bnb-nf4 = bitsandbytes LLM.int8() / 4-bit NF4 (CUDA when available, else "
+              "CPU, slower there than FP32; needs bitsandbytes).")
 @click.option("--labelled", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Labelled utterances (agent -> intent -> texts) to measure quality on "
                    "(default: serving/data/labelled_utterances.yaml).")
@@ -562,6 +564,7 @@ def quantize_command(ctx: click.Context, model: Path | None, output: Path, level
     fp32 = SentenceEncoder.load(model, "fp32", threads=threads)
     click.echo(f"input:  {fp32.path} ({fp32.name}, FP32)")
     candidate = apply_level(fp32, level)
+    click.echo(f"level:  {level} on {candidate.device}")
     training = training_sets([agent.policy for agent in deployment_agents(settings)])
     report = compare(fp32, candidate, level, training, labelled_utterances(labelled or LABELLED), min_s=seconds)
     path = save_artefact(candidate, output, level, str(fp32.path), report)

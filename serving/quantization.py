@@ -1,10 +1,13 @@
 """`switchboard quantize`: turn an FP32 sentence encoder into an artefact of an optimisation level, and measure it.
 
-Levels (CPU, torch dynamic quantization of every `nn.Linear`):
+Levels (every `nn.Linear` quantized; embeddings and LayerNorms stay FP32):
 
 - `fp32`: the model as it is (a copy; the baseline).
-- `int8`: INT8 weights with per-channel scales, activations quantized on the fly (what serving uses by default).
-- `int8-per-tensor`: one scale per weight matrix: a little faster to make, less faithful.
+- `int8`: torch dynamic quantization, INT8 weights with per-channel scales, activations quantized on the fly (CPU;
+  what serving uses by default).
+- `int8-per-tensor`: the same with one scale per weight matrix: a little faster to make, less faithful.
+- `bnb-int8`: bitsandbytes LLM.int8() (`Linear8bitLt`); `bnb-nf4`: bitsandbytes 4-bit NormalFloat (`Linear4bit`).
+  On CUDA when torch sees a GPU, else on CPU, where bitsandbytes works but is slower than FP32.
 
 The artefact is a folder `serving.model_path` can point at: the tokenizer and config, the quantized state dict and
 `switchboard-quantization.json` (level, source, and the figures measured here). The report compares the artefact
@@ -28,11 +31,21 @@ from typing import Any
 import numpy as np
 import yaml
 
-from serving.encoder import ARTEFACT_MANIFEST, ARTEFACT_WEIGHTS, SentenceEncoder, _torch, quantize_int8
+from serving.encoder import (
+    ARTEFACT_MANIFEST,
+    ARTEFACT_WEIGHTS,
+    BNB_PRECISIONS,
+    SentenceEncoder,
+    _torch,
+    default_device,
+    level_precision,
+    quantize_bnb,
+    quantize_int8,
+)
 from serving.errors import ServingError
 from serving.intents import IntentService
 
-LEVELS = ("fp32", "int8", "int8-per-tensor")
+LEVELS = ("fp32", "int8", "int8-per-tensor", "bnb-int8", "bnb-nf4")
 LABELLED = Path(__file__).resolve().parent / "data" / "labelled_utterances.yaml"
 
 
@@ -53,10 +66,14 @@ def apply_level(encoder: SentenceEncoder, level: str) -> SentenceEncoder:
     if encoder.precision != "fp32":
         raise ServingError("quantize an FP32 model: the input is already quantized")
     model = copy.deepcopy(encoder.model)
-    if level != "fp32":
+    precision = level_precision(level)
+    device = default_device(precision)
+    if precision in BNB_PRECISIONS:
+        model = quantize_bnb(model, precision, device)
+    elif precision == "int8":
         model = quantize_int8(model, per_channel=level == "int8")
-    return SentenceEncoder(model, encoder.tokenizer, name=encoder.name, precision="fp32" if level == "fp32" else "int8",
-                           path=encoder.path)
+    return SentenceEncoder(model, encoder.tokenizer, name=encoder.name, precision=precision, path=encoder.path,
+                           device=device)
 
 
 def state_size(encoder: SentenceEncoder) -> int:
@@ -154,11 +171,19 @@ def save_artefact(encoder: SentenceEncoder, output: Path, level: str, source: st
         torch.save(encoder.model.state_dict(), output / ARTEFACT_WEIGHTS)
     manifest: dict[str, Any] = {"model": encoder.name, "level": level, "source": source,
                                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                                "torch": str(torch.__version__)}
+                                "torch": str(torch.__version__), "device": encoder.device}
+    if level in BNB_PRECISIONS:
+        manifest["bitsandbytes"] = str(_bitsandbytes_version())
     if comparison is not None:
         manifest["report"] = asdict(comparison)
     (output / ARTEFACT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return output
+
+
+def _bitsandbytes_version() -> str:
+    from serving.encoder import _bitsandbytes
+
+    return str(_bitsandbytes().__version__)
 
 
 def artefact_bytes(path: Path) -> int:

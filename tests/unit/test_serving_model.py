@@ -134,7 +134,7 @@ def test_a_quantized_artefact_loads_back_as_the_same_model(int8: SentenceEncoder
     loaded = SentenceEncoder.load(output, "int8")
     texts = ["where is my order", "my vpn does not connect"]
     assert np.allclose(loaded.encode(texts), int8.encode(texts), atol=1e-6)
-    with pytest.raises(ModelNotFoundError, match="INT8 artefact"):
+    with pytest.raises(ModelNotFoundError, match="artefact of level int8; it cannot serve as fp32"):
         SentenceEncoder.load(output, "fp32")
 
 
