@@ -18,6 +18,7 @@ from agents.dialogue.errors import DialogueError
 from agents.dialogue.loader import discover_policies, load_policy
 from agents.dialogue.model import Policy
 from agents.dialogue.recognise import Recogniser
+from agents.dialogue.retrieval import Retriever
 from agents.inline_workflows import WorkflowFunction
 from agents.workflows.model import Task, Where, Workflow
 from infra.config import Settings
@@ -136,13 +137,17 @@ def agent_engine_workflows(agents: Sequence[AgentPackage]) -> dict[str, Workflow
 def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
                         engine_workflows: Collection[str] = (),
                         recognisers: Mapping[str, Recogniser] | None = None,
+                        retrievers: Mapping[str, Retriever] | None = None,
+                        recogniser_concurrency: int = 1,
                         inline: bool = True) -> list[Processor | StatefulProcessor]:
     """The processors that run the dialogue agents: the recogniser stage, one processor per agent, and (with
     `inline`) a runner for the agents' Python workflows on the stream itself; requests for `engine_workflows` are
     left to the workflow engine. A worker puts the agents' workflows on the engine (`agent_engine_workflows`) and
     passes `inline=False`.
 
-    `recognisers` (agent -> recogniser) replaces the keyword recognisers, e.g. with served ones (serving/)."""
+    `recognisers` (agent -> recogniser) replaces the keyword recognisers, e.g. with served ones (serving/);
+    `retrievers` add FAQ retrieval to the agents they name; `recogniser_concurrency` is how many turns the recogniser
+    stage handles at once (for batched model calls)."""
     from agents.dialogue.processor import DialogueAgent, RecogniserStage, keyword_recognisers
     from agents.directory import directory_of
     from agents.inline_workflows import InlineWorkflowRunner
@@ -152,7 +157,7 @@ def dialogue_processors(agents: Sequence[AgentPackage] | None = None, *,
     workflows = agent_workflow_functions(found)
     processors: list[Processor | StatefulProcessor] = [
         RecogniserStage(keyword_recognisers(policies) if recognisers is None else recognisers,
-                        others=PYTHON_AGENTS)]
+                        others=PYTHON_AGENTS, retrievers=retrievers, concurrency=recogniser_concurrency)]
     directory = directory_of(policies)  # whom `delegate` and `transfer` may address: the agents deployed together
     processors.extend(DialogueAgent(policy, directory) for policy in policies)
     clash = sorted(set(workflows) & set(engine_workflows)) if inline else []

@@ -11,6 +11,10 @@ from the call to its answer. Rows:
   request (up to `max_batch_size`), and `@serve.batch` merges requests.
 - *warm cache*: `ServedRecogniser` calls against the INT8 deployment once every labelled text was recognised
   (every call is a cache hit).
+- *warm shared cache*: through a throwaway embedded stack (Tansu on SeaweedFS S3): one recogniser recognises every
+  labelled text and publishes the answers on `serving.answers`; then a fresh recogniser (its own client, an LRU of
+  size 0, its own mirror of the topic, loaded first) answers the load, every call a shared hit. Its per-level
+  counts are printed under the table (`--no-shared-cache` skips this row and the stack).
 
 Accuracy counts the deployment's answers to each labelled text; the keyword recogniser's accuracy on the same set
 is printed for comparison.
@@ -133,6 +137,54 @@ async def _measure_cache(settings: Any, handle: Any, policies: Sequence[Any], pa
             cache.hits - hits_before)
 
 
+async def _measure_shared_cache(settings: Any, handle: Any, policies: Sequence[Any],
+                                pairs: Sequence[tuple[str, str]], args: argparse.Namespace) -> tuple[LoadFigures, Any]:
+    """A fresh recogniser answered by the shared level alone (LRU off), its mirror loaded from a real broker."""
+    from infra.testing import embedded_settings, running_stack
+    from serving.cache import LRUCache
+    from serving.client import IntentClient
+    from serving.recogniser import ServedRecogniser
+    from serving.shared_cache import SharedAnswerCache, level_stats
+
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-shared-") as tmp:
+        stack = embedded_settings(Path(tmp), workers={"count": 0})
+        async with running_stack(settings=stack):
+            bus = stack.model_copy(update={"serving": settings.serving})
+            filler, mirror = SharedAnswerCache(bus, worker="bench-filler"), SharedAnswerCache(bus, worker="bench")
+            try:
+                await filler.start()
+                client = IntentClient(bus, handle_factory=lambda: handle)
+                filling = {p.agent: ServedRecogniser(p, client, LRUCache(len(pairs)), filler) for p in policies}
+
+                async def fill(pair: tuple[str, str]) -> Any:
+                    return await filling[pair[0]].recognise(pair[1])
+
+                await _drive(fill, pairs, len(pairs), args.concurrency)
+                await filler.flush()
+                started = time.perf_counter()
+                await mirror.start()
+                await asyncio.wait_for(mirror.loaded.wait(), 120)
+                print(f"shared cache: {filler.publishes} answers published ({filler.publish_failures} failed); a "
+                      f"fresh mirror loaded {len(mirror.entries)} in {time.perf_counter() - started:.2f}s",
+                      flush=True)
+                fresh_client = IntentClient(bus, handle_factory=lambda: handle)
+                await fresh_client.identify()
+                fresh = {p.agent: ServedRecogniser(p, fresh_client, LRUCache(0), mirror) for p in policies}
+
+                async def recognise(pair: tuple[str, str]) -> Any:
+                    return await fresh[pair[0]].recognise(pair[1])
+
+                seconds, latencies, _ = await _drive(recognise, pairs, args.requests, args.concurrency)
+                stats = level_stats(next(iter(fresh.values())).cache, mirror)
+                model_calls = fresh_client.turns
+            finally:
+                await filler.close()
+                await mirror.close()
+    figures = _figures("warm shared cache (LRU off, Tansu on S3)", seconds, latencies, args.concurrency, None,
+                       None)
+    return figures, {**asdict(stats), "model_turns": model_calls, "summary": str(stats)}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from agents.dialogue.recognise import KeywordRecogniser
     from agents.registry import discover_agents
@@ -153,6 +205,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              serving={"enabled": True, "threads": args.threads, "max_batch_size": args.batch,
                                       "batch_wait_timeout_s": args.wait, "request_timeout_s": 30.0})
     results: list[LoadFigures] = []
+    shared_stats: dict[str, Any] | None = None
     print(f"starting a local Ray; {len(labelled)} labelled utterances, {args.requests} requests per variant, "
           f"{args.concurrency} callers", flush=True)
     cluster.start_local_ray(settings)
@@ -178,6 +231,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures, hits = await _measure_cache(settings, handle, policies, pairs, args)
                 results.append(figures)
                 print(figures.row() + f"  cache hits {hits}/{args.requests}", flush=True)
+                if args.shared_cache:
+                    shared_figures, shared_stats = await _measure_shared_cache(settings, handle, policies, pairs,
+                                                                               args)
+                    results.append(shared_figures)
+                    print(shared_figures.row() + f"  {shared_stats['summary']}; model turns "
+                          f"{shared_stats['model_turns']}", flush=True)
             serve.delete(name)
     finally:
         serve.shutdown()
@@ -188,8 +247,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "speedup_worker_client_int8_vs_unbatched_fp32":
                 by_name["batched INT8, worker client"].per_s / by_name["unbatched FP32"].per_s,
             "accuracy_fp32": by_name["batched FP32"].accuracy, "accuracy_int8": by_name["batched INT8"].accuracy,
-            "labelled": len(labelled), "threads": args.threads, "max_batch_size": args.batch,
-            "batch_wait_timeout_s": args.wait}
+            "shared_cache": shared_stats, "labelled": len(labelled), "threads": args.threads,
+            "max_batch_size": args.batch, "batch_wait_timeout_s": args.wait}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="max_batch_size of the batched variants")
     parser.add_argument("--wait", type=float, default=0.005, help="batch_wait_timeout_s of the batched variants")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per replica (default: all cores)")
+    parser.add_argument("--no-shared-cache", dest="shared_cache", action="store_false",
+                        help="skip the warm shared cache row (it starts a throwaway embedded stack)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     print("| variant | turns/s | p50 ms | p99 ms | turns per model call | intent accuracy |")

@@ -232,6 +232,12 @@ class ServingSettings(_Section):
         "ray_address is set")
     ray_address: str | None = Field(None, description="a Ray cluster to deploy to and call (ray://head:10001 or "
         "head:6379); unset = a local Ray on 127.0.0.1 that `switchboard serve` starts")
+    ray_token_path: Path | None = Field(None, description="the token file of a Ray cluster (serving.ray_address) "
+        "with token authentication; unset = Ray's own settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, "
+        "~/.ray/auth_token). A local Ray always uses a token of the data directory")
+    intents_app: str | None = Field(None, min_length=1, description="a Ray Serve application of your own, on the "
+        "Ray the workers reach, that recognises intents instead of Switchboard's (its ingress deployment has "
+        "`recognise`; contract in docs/serving.md); `switchboard serve` then deploys no intents application")
     app_name: str = Field("switchboard", pattern=r"^[a-z][a-z0-9_-]*$",
         description="name of the Ray Serve application (one per deployment of Switchboard on a cluster)")
     model_path: Path | None = Field(None, description="a local sentence-transformers model folder or a "
@@ -256,6 +262,17 @@ class ServingSettings(_Section):
     retry_after_s: float = Field(10.0, ge=0, le=3600, description="after a failure, workers use the keyword "
         "recogniser this long before calling the served model again")
     cache_size: int = Field(4096, ge=0, description="recognised texts each worker keeps in its LRU cache (0: none)")
+    shared_cache: bool = Field(True, description="the second level of the cache: answers of the served model are "
+        "published on the compacted topic serving.answers, and every worker mirrors it, so a text one worker had "
+        "recognised is a hit for all (and for itself after a restart)")
+    shared_cache_size: int = Field(65536, ge=1, description="answers each worker's mirror of serving.answers keeps "
+        "in memory (least recently used ones are dropped locally, not from the topic)")
+    shared_cache_publish_timeout_s: float = Field(5.0, gt=0, le=60, description="a publish to serving.answers that "
+        "takes longer is given up (and logged); turns never wait for it")
+    stream_concurrency: int = Field(16, ge=1, le=1024, description="turns a worker's recogniser stage handles at "
+        "once, so that they reach the model as one batched request; a session's turns still leave in order")
+    knowledge_top_k: int = Field(3, ge=1, le=20, description="FAQ entries retrieved per turn for agents with a "
+        "knowledge base (recorded in the understood event)")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `switchboard serve` (and `up`) waits for "
         "Ray and the deployments to be ready")
 

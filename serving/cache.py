@@ -50,6 +50,10 @@ class LRUCache(Generic[V]):
         self.hits += 1
         return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The entry, without counting a lookup or making it recently used."""
+        return self._entries.get(key)
+
     def put(self, key: Hashable, value: V) -> None:
         if self.capacity == 0:
             return

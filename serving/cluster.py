@@ -66,6 +66,23 @@ def use_local_token(settings: Settings, *, create: bool = False) -> None:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             out.write(secrets.token_hex(32))
+    use_token(path)
+
+
+def use_cluster_token(settings: Settings) -> None:
+    """`serving.ray_token_path` for a cluster with token authentication (unset: Ray's own environment variables
+    and ~/.ray/auth_token decide). Call before `ray.init`."""
+    path = settings.serving.ray_token_path
+    if path is None:
+        return
+    if not path.is_file():
+        raise ServingUnavailableError(f"serving.ray_token_path {path} is not a file: point it at the token file of "
+                                      f"the Ray cluster at {settings.serving.ray_address}")
+    use_token(path)
+
+
+def use_token(path: Path) -> None:
+    """Make this process's Ray authenticate with the token in `path` (Ray's RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH)."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     os.environ.pop("RAY_AUTH_TOKEN", None)
@@ -94,6 +111,7 @@ def import_ray(*, local: bool = False) -> Any:
 def resolve_address(settings: Settings) -> str:
     """The Ray address a worker connects to: `serving.ray_address`, else the one `switchboard serve` recorded."""
     if settings.serving.ray_address:
+        use_cluster_token(settings)
         return settings.serving.ray_address
     path = address_file(settings)
     try:
@@ -192,7 +210,8 @@ def connect(address: str, timeout_s: float | None = None) -> None:
         except Exception as exc:
             log.debug("ray.init(address=%r) failed", address, exc_info=True)
             raise ServingUnavailableError(f"cannot reach Ray at {address}: {type(exc).__name__}: {exc}; is "
-                                          "`switchboard serve` (or the Ray cluster) running?") from None
+                                          "`switchboard serve` (or the Ray cluster) running? A cluster with token "
+                                          "authentication needs its token: serving.ray_token_path") from None
 
     if timeout_s is None:
         init()
@@ -211,8 +230,8 @@ class Deployed:
 
 def deploy(settings: Settings, training: dict[str, Any], knowledge: dict[str, Any] | None,
            progress: Progress = _noop) -> Deployed:
-    """Deploy the intents (and, with `knowledge`, the knowledge) application on the Ray this process joined;
-    returns once every replica is ready."""
+    """Deploy the intents (unless `serving.intents_app` names the user's own) and, with `knowledge`, the knowledge
+    application on the Ray this process joined; returns once every replica is ready."""
     import_ray()
     from ray import serve
 
@@ -221,7 +240,7 @@ def deploy(settings: Settings, training: dict[str, Any], knowledge: dict[str, An
     started = time.perf_counter()
     serve.start(proxy_location="Disabled")  # callers use deployment handles; no HTTP port is opened
     intents_name, knowledge_name = app_names(settings)
-    apps = [(intents_name, intents_app(settings.serving, training))]
+    apps = [] if settings.serving.intents_app else [(intents_name, intents_app(settings.serving, training))]
     if knowledge:
         apps.append((knowledge_name, knowledge_app(settings.serving, knowledge)))
     info: dict[str, Any] = {}
@@ -236,16 +255,43 @@ def deploy(settings: Settings, training: dict[str, Any], knowledge: dict[str, An
     return Deployed(tuple(name for name, _ in apps), time.perf_counter() - started, info)
 
 
+def user_intents_app(settings: Settings) -> str:
+    """Whether the application `serving.intents_app` names is deployed on the Ray this process joined, in words
+    (`switchboard serve` reports it; the workers fall back until it is)."""
+    name = settings.serving.intents_app
+    try:
+        handle(settings, INTENTS_SUFFIX)
+    except ServingUnavailableError:
+        return (f"{name}: NOT deployed on this Ray yet (serving.intents_app); workers use the keyword recogniser "
+                "until it is")
+    return f"{name}: your intents application (serving.intents_app), deployed; workers call it"
+
+
 def _blocking_result(response: Any, timeout_s: float) -> Any:
     """A DeploymentResponse's result, also from a thread that runs an event loop (Ray refuses `.result()` there)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(response.result, timeout_s=timeout_s).result()
 
 
+def intents_app_name(settings: Settings) -> str:
+    """The application workers call for intents: the user's (`serving.intents_app`) or Switchboard's."""
+    return settings.serving.intents_app or app_names(settings)[0]
+
+
 def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
-    """The deployment handle of `intents` or `knowledge` (this process must have joined Ray: `connect`)."""
+    """The deployment handle of `intents` or `knowledge` (this process must have joined Ray: `connect`); for
+    intents with `serving.intents_app`, the ingress deployment of the user's application."""
     import_ray()
     from ray import serve
+
+    user_app = settings.serving.intents_app
+    if which == INTENTS_SUFFIX and user_app:  # before importing Switchboard's deployments (torch): not needed here
+        try:
+            return serve.get_app_handle(user_app)
+        except Exception as exc:
+            raise ServingUnavailableError(f"the application {user_app} (serving.intents_app) is not deployed on "
+                                          f"this Ray ({type(exc).__name__}: {exc}); deploy it (docs/serving.md, "
+                                          "'Your own intents deployment') or unset serving.intents_app") from None
 
     from serving.deployments import INTENTS, KNOWLEDGE
 

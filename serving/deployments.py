@@ -19,10 +19,12 @@ from typing import Any, TypeVar, cast
 
 from ray import serve
 
+from serving.binding import bind_replica_grpc_to_node_ip
 from serving.encoder import SentenceEncoder, set_threads
 from serving.intents import IntentService
 from serving.knowledge import KnowledgeService
 
+bind_replica_grpc_to_node_ip()  # runs in each replica, which imports this module before it starts its server
 INTENTS = "intents"
 KNOWLEDGE = "knowledge"
 F = TypeVar("F")

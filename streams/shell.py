@@ -16,7 +16,9 @@ The guarantees are made here, once:
   once, while each input's acknowledgement, state write and input acknowledgement still happen in input order, and
   one subject's inputs never overlap;
 - a processor can have subjects fall due without input (idle sessions): a timer asks it every `timeout_sweep_s`
-  and publishes what is due to its own inbox, so the change is an ordinary, replayable input.
+  and publishes what is due to its own inbox, so the change is an ordinary, replayable input;
+- a stateless processor with `concurrency` above 1 handles inputs side by side; with `ordered_by_subject` its
+  effects still leave in input order per subject (`streams/ordering.py`), while other subjects do not wait.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from aiokafka.errors import (
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 
+from streams.ordering import Place, SubjectOrder
 from topics import catalog
 from topics.binding import KafkaRecord, decode_event, encode_event
 from topics.codec import AvroCodec
@@ -91,6 +94,10 @@ def _headers(raw: Any) -> list[tuple[str, bytes | None]]:
     return [(str(k), v) for k, v in raw]
 
 
+def _key_text(key: bytes | str | None) -> str | None:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+
+
 def _as_json(state: State) -> Any:
     return json.loads(json.dumps(state))
 
@@ -108,6 +115,7 @@ class StreamShell:
             raise ValueError("pipeline_depth must be >= 1")
         self.pipeline_depth = pipeline_depth
         self._topics: dict[str, Any] = {}
+        self._orders: dict[str, SubjectOrder] = {}  # processor name -> its subjects' queues (ordered_by_subject)
 
     def topic(self, spec: TopicSpec) -> Any:
         if spec.name not in self._topics:
@@ -119,7 +127,8 @@ class StreamShell:
     def register(self, processor: Processor) -> None:
         """Run a stateless processor; with a `concurrency` attribute above 1, that many actors share its input
         (the workflow task worker: attempts that wait on I/O run side by side). Inputs then finish out of order,
-        and Faust commits only offsets below every unfinished one, so the guarantees hold."""
+        and Faust commits only offsets below every unfinished one, so the guarantees hold. A processor that also sets
+        `ordered_by_subject` (the recogniser stage) gets its effects published in input order per subject."""
 
         async def run(stream: Any) -> None:
             async for event in stream.events():
@@ -128,6 +137,8 @@ class StreamShell:
 
         run.__qualname__ = run.__name__ = processor.name
         concurrency = int(getattr(processor, "concurrency", 1))
+        if concurrency > 1 and getattr(processor, "ordered_by_subject", False):
+            self._orders[processor.name] = SubjectOrder()
         self.app.agent(self.topic(processor.source), name=f"switchboard.{processor.name}",
                        concurrency=concurrency)(run)
 
@@ -227,7 +238,10 @@ class StreamShell:
 
     async def process(self, processor: Processor, message: Any) -> None:
         """Handle one Kafka message: decode, handle, publish the effects (or a dead letter) and wait for the broker.
-        Never raises for bad input or a failing handler."""
+        Never raises for bad input or a failing handler.
+
+        For an `ordered_by_subject` processor the input takes its place in its subject's queue right after decoding
+        (no await before it, so places follow the input order) and publishes only after the input before it."""
         headers = _headers(message.headers)
         letter = functools.partial(self._letter, processor, message, headers)
         try:
@@ -235,6 +249,17 @@ class StreamShell:
         except DecodeError as exc:
             await self.publish([letter(str(exc), "DecodeError")])
             return
+        order = self._orders.get(processor.name)
+        subject = event.subject or _key_text(message.key)  # the key partitions the topic, so it orders too
+        place = order.enter(subject) if order is not None and subject else None
+        try:
+            await self._handle_and_publish(processor, event, letter, place)
+        finally:
+            if place is not None:
+                place.leave()  # also when cancelled or failing: the subject's next input must not wait forever
+
+    async def _handle_and_publish(self, processor: Processor, event: Any,
+                                  letter: Callable[..., tuple[TopicSpec, KafkaRecord]], place: Place | None) -> None:
         try:
             emits = processor.handle(event)
             if inspect.isawaitable(emits):  # a stage that calls a model is async
@@ -244,6 +269,8 @@ class StreamShell:
             log.exception("processor %s failed on event %s", processor.name, event.id)
             reason = f"processor {processor.name} failed on event {event.id}: {type(exc).__name__}: {exc}"
             records = [letter(reason, type(exc).__name__)]
+        if place is not None:
+            await place.ready()
         await self.publish(records, letter=letter)
 
     async def process_stateful(self, processor: StatefulProcessor, table: Any, message: Any) -> None:

@@ -3,7 +3,8 @@ commits that survive a broker whose storage is briefly unavailable.
 
 faust-streaming 0.15.3 hard-codes `fetch_max_wait_ms=1500` for worker consumers. On Tansu, which does not wake a
 waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The consumer also carries the fixes in
-`streams.faust_fixes` (lost input messages when a rebalance meets a Table's recovery). Registered as the
+`streams.faust_fixes` (lost input messages when a rebalance meets a Table's recovery) and `streams.aiokafka_fixes`
+(no heartbeat while the rebalance callback runs, so a slow callback got the member thrown out). Registered as the
 `switchboard://` broker scheme through the `faust.transports` entry point.
 """
 
@@ -23,7 +24,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams import faust_fixes
+from streams import aiokafka_fixes, faust_fixes
 
 DEFAULT_FETCH_MAX_WAIT_MS = 500
 # What a commit raises while the broker cannot reach its storage (Tansu on S3 with object storage down).
@@ -72,6 +73,7 @@ class Consumer(faust_fixes.ConsumerFixes, faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The consumer fixes come with the stream fix, and none of them runs on a Faust they were not written for.
         faust_fixes.apply()
+        aiokafka_fixes.apply()  # heartbeats while Faust's rebalance callback runs
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> ConsumerThread:

@@ -159,12 +159,25 @@ AGENT_DIRECTORY = TopicSpec(
     cleanup=Cleanup.COMPACT,
     retention_ms=None,
 )
+# The shared level of the served recognisers' cache (serving/shared_cache.py): every worker mirrors it and publishes
+# what the model answered on a miss. Compacted: the latest answer per key stays; one partition, since every worker
+# reads all of it anyway (and each partition costs every fetch on the embedded broker).
+SERVING_ANSWERS = TopicSpec(
+    name="serving.answers",
+    value_schema="switchboard.serving.CachedAnswer",
+    key="digest of model, agent, policy version and normalised text",
+    owner="stream workers with serving enabled (each answer of the served intent model to a cache miss)",
+    description="Answers of the served intent model, reused by every worker as the second level of its cache.",
+    partitions=1,
+    cleanup=Cleanup.COMPACT,
+    retention_ms=None,
+)
 WORKFLOW_TOPICS: tuple[TopicSpec, ...] = (WORKFLOW_TASKS, WORKFLOW_RESULTS, WORKFLOW_CONTROL, WORKFLOW_TRANSITIONS,
                                           WORKFLOW_DEADLETTERS)
 
 ALL: tuple[TopicSpec, ...] = (DIALOGUE_TURNS, DIALOGUE_REPLIES, DEAD_LETTERS, DIALOGUE_HANDOFFS, DEVICE_COMMANDS,
                               WORKFLOW_REQUESTS, IOT_TELEMETRY, IOT_PRESENCE, *WORKFLOW_TOPICS,
-                              *IOT_TOPICS, AGENT_DIRECTORY)
+                              *IOT_TOPICS, AGENT_DIRECTORY, SERVING_ANSWERS)
 _BY_NAME = {spec.name: spec for spec in ALL}
 if len(_BY_NAME) != len(ALL):  # pragma: no cover - a declaration mistake caught at import
     raise TopicError("two topics in topics/catalog.py share a name")

@@ -24,7 +24,8 @@ class Processor(Protocol):
 
     Effects must carry ids derived from the input (`Event.caused`), so redelivery yields identical events that
     readers deduplicate. `handle` may be async where it must call out (a served model); it must still give the
-    same effects for the same input.
+    same effects for the same input. Optional attributes: `concurrency` (inputs handled at once, default 1) and
+    `ordered_by_subject` (with concurrency, publish each subject's effects in input order; streams/ordering.py).
     """
 
     @property

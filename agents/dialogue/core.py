@@ -233,7 +233,7 @@ class _Step(Collaboration):
         listening = waiting is not None and waiting["kind"] == "listen"
         if listening and (self.try_dialogues(interrupts_only=True) or self.try_listen()):
             return
-        if not self.try_dialogues(interrupts_only=False):
+        if not self.try_dialogues(interrupts_only=False) and not self.try_knowledge():
             self.fallback()
 
     def on_human_take(self) -> None:
@@ -417,6 +417,24 @@ class _Step(Collaboration):
             self.follow(dialogue, route.target, f"listen route ({route.at})")
             return True
         return False
+
+    def try_knowledge(self) -> bool:
+        """No dialogue took the turn: the best knowledge-base entry retrieved for it (recorded in the event, so a
+        replay needs no model) answers through its `faq_<id>` dialogue if it scores at least the policy's
+        `knowledge_min_score`."""
+        retrieval = self.data.get("knowledge") if self.is_turn else None
+        hits = (retrieval or {}).get("hits") or []
+        if not hits:
+            return False
+        best = max(hits, key=lambda hit: float(hit["score"]))  # the first of equals: the retriever's order
+        score = float(best["score"])
+        dialogue = self.policy.dialogue(f"faq_{best['id']}")
+        if score < self.policy.settings.knowledge_min_score or dialogue is None:
+            return False
+        self.state["fallbacks"] = 0
+        self.enter(dialogue, dialogue.entry, f"knowledge base: entry {best['id']} scored {score:.3f} "
+                                             f"(knowledge_min_score {self.policy.settings.knowledge_min_score:g})")
+        return True
 
     # --- moving through the policy --------------------------------------------------------------------------------
 

@@ -466,6 +466,8 @@ class _PolicyBuilder:
                 value = self.duration(value_node)
             elif key in ("history", "max_jumps"):
                 value = r.number(value_node, f"settings: {key}", minimum=1, integer=True)
+            elif key == "knowledge_min_score":
+                value = r.number(value_node, f"settings: {key}", minimum=0, maximum=1)
             elif key == "timeout_reply" and value_node.tag == _NULL_TAG:
                 values[key] = None
                 continue

@@ -399,6 +399,9 @@ class PolicySettings:
     max_jumps: int = 50  # node entries per event before the policy is declared looping
     delegation_timeout_reply: str = ("Sorry, I did not get an answer from {{ event.data.waiting_for }} in time. "
                                      "Please try again later.")
+    # A turn no dialogue takes is answered by the best knowledge-base entry retrieved for it (served FAQ retrieval,
+    # in the understood event) when that entry scores at least this; otherwise it is a fallback.
+    knowledge_min_score: float = 0.5
 
 
 @dataclass(frozen=True)

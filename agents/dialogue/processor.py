@@ -8,6 +8,7 @@ yields identical events that readers drop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ from agents.dialogue.effects import (
 from agents.dialogue.errors import DialogueError
 from agents.dialogue.model import Policy
 from agents.dialogue.recognise import KeywordRecogniser, Recogniser
+from agents.dialogue.retrieval import Retrieval, Retriever
 from agents.directory import Directory
 from topics import catalog
 from topics.event import Event, derived_id
@@ -47,14 +49,22 @@ class RecogniserStage:
 
     Turns for agents in `others` (Python agents such as `echo` that read `dialogue.turns` themselves) are left to
     them; a turn for an agent nobody runs is dead-lettered with the list of known agents.
+
+    An agent with a retriever (served FAQ retrieval) also gets the best knowledge-base entries in the event. With
+    `concurrency` above 1 the shell handles that many turns at once, so that calls to a served model travel as one
+    batched request; `ordered_by_subject` keeps each session's `understood` events in its turns' order.
     """
 
     name = "recogniser"
     source = catalog.DIALOGUE_TURNS
+    ordered_by_subject = True
 
-    def __init__(self, recognisers: Mapping[str, Recogniser], others: Collection[str] = ()) -> None:
+    def __init__(self, recognisers: Mapping[str, Recogniser], others: Collection[str] = (), *,
+                 retrievers: Mapping[str, Retriever] | None = None, concurrency: int = 1) -> None:
         self.recognisers = dict(recognisers)
         self.others = frozenset(others)
+        self.retrievers = dict(retrievers or {})
+        self.concurrency = concurrency
 
     async def handle(self, event: Event) -> Sequence[Emit]:
         turn = event.data
@@ -66,7 +76,13 @@ class RecogniserStage:
             known = sorted({*self.recognisers, *self.others})
             raise UnknownAgentError(f"turn {event.id} is addressed to agent {agent!r}, which no worker runs; "
                                     f"known agents: {', '.join(known)} (check the turn's 'agent' field)")
-        understanding = await recogniser.recognise(turn["text"], turn.get("locale"))
+        retriever = self.retrievers.get(agent)
+        retrieval: Retrieval | None = None
+        if retriever is None:
+            understanding = await recogniser.recognise(turn["text"], turn.get("locale"))
+        else:  # both calls in one tick: each joins its deployment's batch
+            understanding, retrieval = await asyncio.gather(recogniser.recognise(turn["text"], turn.get("locale")),
+                                                            retriever.retrieve(turn["text"]))
         data = {
             "session_id": turn["session_id"],
             "agent": agent,
@@ -80,6 +96,8 @@ class RecogniserStage:
                          for e in understanding.entities],
             "model": understanding.model,
         }
+        if retrieval is not None:
+            data["knowledge"] = retrieval.as_data()
         if turn.get("via"):  # passed on by the agent the user addresses, after a transfer
             data.update(via=turn["via"], turn_id=turn.get("turn_id") or event.id)
         understood = event.caused(core.UNDERSTOOD, f"{RECOGNISER_SOURCE}/{agent}", data, effect="understood",
