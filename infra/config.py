@@ -209,6 +209,10 @@ class WorkerSettings(_Section):
         "its policy.yaml), run beside the built-in agents/; as an environment variable a JSON list")
     timeout_sweep_s: float = Field(5.0, gt=0, le=3600, description="how often a worker looks for sessions whose "
         "idle deadline passed and ends them (a session's timeout is noticed at most this late)")
+    pipeline_depth: int = Field(64, ge=1, le=4096, description="inputs of one stateful agent (dialogue, workflow "
+        "runs) whose effects may await the broker's acknowledgement at once; each input is still acknowledged, and "
+        "its state written, only after its own effects, in input order, and one subject's inputs never overlap. "
+        "1: one input at a time")
 
     @field_validator("agent_dirs")
     @classmethod

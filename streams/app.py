@@ -115,7 +115,8 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
-    shell = StreamShell(app, timeout_sweep_s=settings.workers.timeout_sweep_s)
+    shell = StreamShell(app, timeout_sweep_s=settings.workers.timeout_sweep_s,
+                        pipeline_depth=settings.workers.pipeline_depth)
     running = default_processors(settings) if processors is None else processors
     shell.register_all(running)
     announce_agents(app, shell, running, worker=f"{kafka.client_id}-worker-{worker_id}")

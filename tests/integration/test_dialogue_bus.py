@@ -14,7 +14,7 @@ from infra.bus.reading import read_topic
 from infra.config import Settings
 from infra.console import ChatSession
 from infra.handoff import act
-from infra.testing import wait_for_event
+from infra.testing import await_all, wait_for_event
 from topics import AvroCodec, Event, catalog, decode_event, encode_event
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,47 @@ async def test_a_reply_too_large_for_the_bus_dead_letters_its_turn_and_the_sessi
     async with ChatSession(stack, "echo", session) as chat:
         _, replies = await chat.say("still there?")
     assert [r.data["text"] for r in replies] == ["You said: still there? (turn 2)"]
+
+
+async def test_a_burst_of_turns_from_many_sessions_is_answered_once_each_in_session_order(stack: Settings) -> None:
+    """The shell pipelines a stateful agent's inputs (`workers.pipeline_depth`): many sessions' turns are in flight
+    at once, but each session's turns are applied in order, once, and answered in that order."""
+    run = uuid.uuid4().hex[:8]
+    sessions, turns = 30, 5
+    codec = AvroCodec()
+    sent: dict[str, tuple[str, int]] = {}
+    producer = make_producer(stack)
+    await producer.start()
+    try:
+        futures = []
+        for number in range(1, turns + 1):  # every session's turn 1, then every session's turn 2, ...
+            for s in range(sessions):
+                session = f"burst-{run}-{s}"
+                event = Event(type=catalog.DIALOGUE_TURNS.value_schema, source="/tests/burst", subject=session,
+                              data={"session_id": session, "agent": "echo", "text": f"t{number}"})
+                sent[event.id] = (session, number)
+                record = encode_event(event, codec)
+                futures.append(await producer.send(catalog.DIALOGUE_TURNS.name, record.value, key=record.key,
+                                                   headers=record.headers))
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+    replies = await await_all(stack, catalog.DIALOGUE_REPLIES, set(sent), lambda e: e.data["in_reply_to"],
+                              timeout_s=120)
+    assert set(replies) == set(sent), f"{len(set(sent) - set(replies))} of {len(sent)} turns unanswered"
+    for turn_id, copies in replies.items():
+        assert len({c.id for c in copies}) == 1, f"turn {turn_id} answered by different replies: {copies}"
+        session, number = sent[turn_id]
+        assert copies[0].data["text"] == f"You said: t{number} (turn {number})", copies[0].data
+
+    # In session order on the bus: read back each session's replies in offset order.
+    order: dict[str, list[int]] = {}
+    async for record in read_topic(stack, catalog.DIALOGUE_REPLIES.name):
+        event = decode_event(record.value, record.headers, codec)
+        if event.data["in_reply_to"] in sent:
+            session, number = sent[event.data["in_reply_to"]]
+            if number not in order.setdefault(session, []):
+                order[session].append(number)
+    assert all(numbers == list(range(1, turns + 1)) for numbers in order.values()), order
