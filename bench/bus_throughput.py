@@ -421,7 +421,9 @@ def main(argv: list[str] | None = None) -> None:
             figures = work(bootstrap)
     else:
         where = "embedded stack (Tansu on SeaweedFS S3)"
-        figures = asyncio.run(_with_embedded_stack(work))
+        from bench.loads import run_stopping_on_sigterm
+
+        figures = run_stopping_on_sigterm(_with_embedded_stack(work))
     print_table(figures, f"Bus limits: {where}, {os.cpu_count()} cores, {args.messages} msgs, {args.samples} samples")
     if args.json:
         record = {"bus": where, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.loads import DialogueLoad, Load, Observer, Producer, WorkflowLoad, until
+from bench.loads import DialogueLoad, Load, Observer, Producer, WorkflowLoad, run_stopping_on_sigterm, until
 from infra.config import Settings
 from infra.embedded import EmbeddedStack
 from infra.testing import embedded_settings
@@ -239,7 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
+    report = run_stopping_on_sigterm(run(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
     for cycle in report.cycles:
         print(cycle.line())
     print(report.summary())

@@ -61,6 +61,7 @@ from bench.loads import (
     Spread,
     load_producer,
     percentile,
+    run_stopping_on_sigterm,
     send_until_acked,
     throwaway_stack,
 )
@@ -664,7 +665,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
+    report = run_stopping_on_sigterm(run(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
     print(report.summary())
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False))

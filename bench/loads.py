@@ -16,14 +16,15 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -360,3 +361,28 @@ async def throwaway_stack(prefix: str, workers: int, **overrides: Any) -> AsyncI
         settings = embedded_settings(Path(tmp), workers={"count": workers}, **overrides)
         async with running_stack(settings=settings):
             yield settings
+
+
+T = TypeVar("T")
+
+
+def run_stopping_on_sigterm(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, except that SIGTERM (`timeout`, `kill`, a CI job cancelled) cancels `main` like Ctrl-C,
+    so the `finally` that stops its throwaway stack runs. A plain SIGTERM ended the process there and left the
+    stack's broker, object store and workers running (they run in sessions of their own)."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise SystemExit(128 + signal.SIGTERM) from None
+

@@ -31,6 +31,7 @@ from typing import Any
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
 
+from bench.loads import run_stopping_on_sigterm
 from infra.bus.reading import read_topic
 from infra.config import Settings
 from infra.testing import embedded_settings, running_stack
@@ -156,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"MQTT bridge benchmark: QoS 1, {args.messages} messages flooded, {args.paced} at {args.rate:g}/s")
-    results = asyncio.run(run(args))
+    results = run_stopping_on_sigterm(run(args))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(f) for f in results], indent=2))
     return 0

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loads import percentile
+from bench.loads import percentile, run_stopping_on_sigterm
 
 
 @dataclass
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("| variant | turns/s | p50 ms | p99 ms | turns per model call | intent accuracy |")
     print("|---|---|---|---|---|---|")
-    report = asyncio.run(run(args))
+    report = run_stopping_on_sigterm(run(args))
     print(f"batched INT8 vs unbatched FP32: {report['speedup_batched_int8_vs_unbatched_fp32']:.1f}x turns/s with one "
           f"turn per request, {report['speedup_worker_client_int8_vs_unbatched_fp32']:.1f}x through the worker client")
     print(f"intent accuracy: FP32 {report['accuracy_fp32']:.1%}, INT8 {report['accuracy_int8']:.1%} "

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.loads import DialogueLoad, Observer, Producer, percentile, throwaway_stack, until
+from bench.loads import DialogueLoad, Observer, Producer, percentile, run_stopping_on_sigterm, throwaway_stack, until
 
 WARMUP_S = 3.0
 
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
+    report = run_stopping_on_sigterm(run(args))
     print(report.summary())
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from agents.workflows.processors import request_event
 from bench.dialogue_turns import BusLimit, measure_bus
-from bench.loads import BENCH_AGENTS, Spread, load_producer
+from bench.loads import BENCH_AGENTS, Spread, load_producer, run_stopping_on_sigterm
 from infra.bus.reading import read_topic
 from infra.config import Settings
 from infra.testing import embedded_settings, running_stack
@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = asyncio.run(measure(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
+    figures = run_stopping_on_sigterm(measure(args, progress=lambda text: print(text, file=sys.stderr, flush=True)))
     print(figures.report())
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(figures), indent=2))

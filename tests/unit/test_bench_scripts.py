@@ -3,6 +3,8 @@ a wrong answer counted by `python -m bench.dialogue_turns` is the bus's doing, n
 
 from __future__ import annotations
 
+import asyncio
+
 from agents.dialogue.stories import Expected, Story, StoryStep, run_offline
 from bench.dialogue_turns import CONVERSATION, customer_service_turn, echo_turn
 
@@ -40,3 +42,27 @@ async def test_the_workflow_benchmarks_check_what_their_workflows_compute() -> N
         assert ten.status == "succeeded" and ten.output == {"result": expected_result(a)}, ten
         diamond = await run_offline(workflows["bench_diamond"], {"a": a, "b": a + 1})
         assert diamond.output == {"total": (2 * a + 1) * 3 + 10}, diamond
+
+
+def test_a_benchmark_stopped_by_sigterm_runs_its_cleanup() -> None:
+    """`timeout` or `kill` ends a benchmark with SIGTERM: its throwaway stack must still be stopped (`finally`)."""
+    import os
+    import signal
+
+    import pytest
+
+    from bench.loads import run_stopping_on_sigterm
+
+    cleaned: list[str] = []
+
+    async def bench() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.Event().wait()  # runs until stopped
+        finally:
+            cleaned.append("stack stopped")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_stopping_on_sigterm(bench())
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert cleaned == ["stack stopped"]
