@@ -37,8 +37,9 @@ def _ray_handle(settings: Settings, which: str = "intents") -> HandleFactory:
     def factory() -> Any:
         from serving import cluster
 
+        address = cluster.resolve_address(settings)  # fails at once when no model server runs: not under the lock
         with _CONNECTING:
-            cluster.connect(cluster.resolve_address(settings))
+            cluster.connect(address)
         return cluster.handle(settings, which)
 
     return factory

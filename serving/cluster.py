@@ -140,7 +140,9 @@ def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
         raise ServingUnavailableError(f"Ray could not start: {type(exc).__name__}: {exc}; check free memory and "
                                       "/tmp space (Ray keeps its session files in /tmp/ray), or point "
                                       "serving.ray_address at a running cluster") from None
-    return str(context.address_info["gcs_address"])
+    address = str(context.address_info["gcs_address"])
+    _connected_to.append(address)  # a client of this process's own Ray: connecting to it again is a no-op
+    return address
 
 
 def _enable_faulthandler() -> None:
@@ -315,6 +317,5 @@ def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
 
 def shutdown(settings: Settings) -> None:
     """Leave Ray (the applications stay deployed on a cluster)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        ray.shutdown()
+    _leave(import_ray(), "(shutdown)")
+    _connected_to.clear()  # also when Ray was down already: a later Ray of this process starts afresh
