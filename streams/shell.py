@@ -516,27 +516,19 @@ class StatefulPipeline:
 
     async def _finish(self, item: _InFlight) -> None:
         """Effects acknowledged, then the state record written; tried again (logged) until it succeeds."""
-        delay = 0.5
-        while True:
+        await self.shell._until_done(self.processor.name, item.event.message, self._store, item)
+
+    async def _store(self, item: _InFlight) -> None:
+        if item.sent:
+            await self.shell.confirm(item.sent, letter=item.letter)
+            item.sent = []  # a retry writes the state record only
+        if item.subject is not None and item.record is not None:
+            # Faust puts a table write in the changelog partition of the current event: the input's own.
+            token = _current_event.set(weakref.ref(item.event))
             try:
-                if item.sent:
-                    await self.shell.confirm(item.sent, letter=item.letter)
-                    item.sent = []
-                if item.subject is not None and item.record is not None:
-                    # Faust puts a table write in the changelog partition of the current event: the input's own.
-                    token = _current_event.set(weakref.ref(item.event))
-                    try:
-                        self.table[item.subject] = item.record
-                    finally:
-                        _current_event.reset(token)
-                return
-            except Exception:
-                message = item.event.message
-                log.exception("processor %s could not finish %s/%s/%s; trying again in %.1fs (the input stays "
-                              "unacknowledged)", self.processor.name, message.topic, message.partition,
-                              message.offset, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF_S * 6)
+                self.table[item.subject] = item.record
+            finally:
+                _current_event.reset(token)
 
     async def stop(self) -> None:
         """The agent stops: drop what is in flight, unacknowledged, so that it is delivered again."""
