@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from infra.bus.clients import consumer as make_consumer
 from infra.bus.clients import producer as make_producer
-from infra.bus.reading import find_ends
+from infra.bus.reading import find_ends, topic_partitions
 from infra.config import Settings
 from serving.answers import IntentPrediction
 from serving.cache import LRUCache
@@ -223,7 +223,7 @@ class SharedAnswerCache:
         consumer = make_consumer(self.settings)
         try:
             await consumer.start()
-            partitions = await self._partitions(consumer)
+            partitions = await topic_partitions(consumer, self.topic)
             ends = {tp: end.end for tp, end in (await find_ends(consumer, partitions, self.settings)).items()}
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
@@ -243,13 +243,6 @@ class SharedAnswerCache:
                         log.info("shared cache: %d answers loaded from %s", len(self.entries), self.topic)
         finally:
             await asyncio.shield(consumer.stop())
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        await consumer.topics()
-        ids = consumer.partitions_for_topic(self.topic)
-        if not ids:
-            raise BusError(f"topic {self.topic} does not exist (create it: `switchboard topics create`)")
-        return [TopicPartition(self.topic, p) for p in sorted(ids)]
 
     def _apply(self, value: bytes | None, headers: Any) -> None:
         try:

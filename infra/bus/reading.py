@@ -46,7 +46,8 @@ def _quiet_ms(settings: Settings) -> int:
     return settings.kafka.effective_fetch_max_wait_ms + 300
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic`; `BusError` when the topic does not exist."""
     await consumer.topics()  # refreshes metadata, so a topic created a moment ago is seen
     ids = consumer.partitions_for_topic(topic)
     if not ids:
@@ -103,7 +104,7 @@ async def topic_ends(settings: Settings, topic: str) -> dict[int, PartitionEnd]:
     consumer = make_consumer(settings)
     await consumer.start()
     try:
-        ends = await find_ends(consumer, await _partitions(consumer, topic), settings)
+        ends = await find_ends(consumer, await topic_partitions(consumer, topic), settings)
     finally:
         await consumer.stop()
     return {tp.partition: end for tp, end in ends.items()}
@@ -119,7 +120,7 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool = False, fr
     consumer = make_consumer(settings)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic)
+        partitions = await topic_partitions(consumer, topic)
         # Following from the beginning needs no end; finding one is also unreliable there, because a topic that is
         # written more often than every `_quiet_ms` never goes quiet.
         ends: dict[TopicPartition, int] = {}
