@@ -28,18 +28,12 @@ Q = TypeVar("Q")  # one item of a request, e.g. (agent, text)
 A = TypeVar("A")  # the answer to one item
 
 
-#: `ray.init` is not thread-safe, and the clients of both deployments connect in threads of their own at once
-#: (the second one failed with "Perhaps you called ray.init twice by accident?").
-_CONNECTING = threading.Lock()
-
 
 def _ray_handle(settings: Settings, which: str = "intents") -> HandleFactory:
     def factory() -> Any:
         from serving import cluster
 
-        address = cluster.resolve_address(settings)  # fails at once when no model server runs: not under the lock
-        with _CONNECTING:
-            cluster.connect(address)
+        cluster.connect(cluster.resolve_address(settings))  # fails at once when no model server runs
         return cluster.handle(settings, which)
 
     return factory

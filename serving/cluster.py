@@ -129,19 +129,20 @@ def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
     """Start Ray in this process on 127.0.0.1 (no dashboard); returns its GCS address."""
     use_local_token(settings, create=True)
     ray = import_ray(local=True)
-    _leave(ray, "to start a local Ray")
-    _enable_faulthandler()
     needed = 2 * settings.serving.replicas * settings.serving.replica_cpus
     num_cpus = max(os.cpu_count() or 1, int(needed + 0.999)) if cpus is None else cpus
-    try:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                           log_to_driver=False, namespace=NAMESPACE, configure_logging=False)
-    except Exception as exc:  # Ray raises plain RuntimeErrors and ConnectionErrors here
-        raise ServingUnavailableError(f"Ray could not start: {type(exc).__name__}: {exc}; check free memory and "
-                                      "/tmp space (Ray keeps its session files in /tmp/ray), or point "
-                                      "serving.ray_address at a running cluster") from None
-    address = str(context.address_info["gcs_address"])
-    _connected_to.append(address)  # a client of this process's own Ray: connecting to it again is a no-op
+    with _JOINING:
+        _leave(ray, "to start a local Ray")
+        _enable_faulthandler()
+        try:
+            context = ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                               log_to_driver=False, namespace=NAMESPACE, configure_logging=False)
+        except Exception as exc:  # Ray raises plain RuntimeErrors and ConnectionErrors here
+            raise ServingUnavailableError(f"Ray could not start: {type(exc).__name__}: {exc}; check free memory "
+                                          "and /tmp space (Ray keeps its session files in /tmp/ray), or point "
+                                          "serving.ray_address at a running cluster") from None
+        address = str(context.address_info["gcs_address"])
+        _connected_to.append(address)  # a client of this process's own Ray: connecting to it again is a no-op
     return address
 
 
@@ -180,6 +181,9 @@ def in_daemon_thread(function: Callable[[], T], timeout_s: float, what: str) -> 
 CLIENT_GCS_RECONNECT_S = 10 * 365 * 24 * 3600
 GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _connected_to: list[str] = []  # the address this process joined (Ray allows one per process)
+#: `ray.init` is not thread-safe: two clients joining at once failed with "Perhaps you called ray.init twice by
+#: accident?". Every join, leave and local start of this process holds this lock.
+_JOINING = threading.Lock()
 
 
 def _client_config() -> None:
@@ -205,29 +209,31 @@ def _leave(ray: Any, why: str) -> None:
 def connect(address: str, timeout_s: float | None = None) -> None:
     """Join the Ray cluster at `address` as a client of its deployments (idempotent in a process; a different
     address leaves the old cluster first, e.g. after `switchboard serve` restarted); with `timeout_s`, give up
-    after that long."""
+    after that long. Safe from several threads at once (a worker's intents and knowledge clients connect side by
+    side): the check and `ray.init` happen under one lock, held by whichever thread joins."""
     ray = import_ray(local=address.startswith(("127.0.0.1", "localhost")))
-    if ray.is_initialized():
-        if not _connected_to or _connected_to[-1] == address:
-            return
-        _leave(ray, f"to join {address}")
-    _client_config()
-    _enable_faulthandler()
 
-    def init() -> None:
-        try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
-            _connected_to.append(address)
-        except Exception as exc:
-            log.debug("ray.init(address=%r) failed", address, exc_info=True)
-            raise ServingUnavailableError(f"cannot reach Ray at {address}: {type(exc).__name__}: {exc}; is "
-                                          "`switchboard serve` (or the Ray cluster) running? A cluster with token "
-                                          "authentication needs its token: serving.ray_token_path") from None
+    def join() -> None:
+        with _JOINING:
+            if ray.is_initialized():
+                if not _connected_to or _connected_to[-1] == address:
+                    return
+                _leave(ray, f"to join {address}")
+            _client_config()
+            _enable_faulthandler()
+            try:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+                _connected_to.append(address)
+            except Exception as exc:
+                log.debug("ray.init(address=%r) failed", address, exc_info=True)
+                raise ServingUnavailableError(f"cannot reach Ray at {address}: {type(exc).__name__}: {exc}; is "
+                                              "`switchboard serve` (or the Ray cluster) running? A cluster with "
+                                              "token authentication needs its token: serving.ray_token_path") from None
 
     if timeout_s is None:
-        init()
+        join()
     else:
-        in_daemon_thread(init, timeout_s, f"Ray at {address} (is the address right and the cluster up?)")
+        in_daemon_thread(join, timeout_s, f"Ray at {address} (is the address right and the cluster up?)")
 
 
 @dataclass(frozen=True)
@@ -317,5 +323,7 @@ def handle(settings: Settings, which: str = INTENTS_SUFFIX) -> Any:
 
 def shutdown(settings: Settings) -> None:
     """Leave Ray (the applications stay deployed on a cluster)."""
-    _leave(import_ray(), "(shutdown)")
-    _connected_to.clear()  # also when Ray was down already: a later Ray of this process starts afresh
+    ray = import_ray()
+    with _JOINING:
+        _leave(ray, "(shutdown)")
+        _connected_to.clear()  # also when Ray was down already: a later Ray of this process starts afresh
