@@ -60,17 +60,17 @@ def default_processors(settings: Settings | None = None) -> list[Processor | Sta
         raise WorkflowError(f"workflow(s) {', '.join(clash)} are both an agent's Python function (WORKFLOWS) and a "
                             "workflow definition (YAML or plugin); rename or remove one of each")
     workflows = {**workflows, **functions}
+    policies = [agent.policy for agent in agents]
     recognisers = retrievers = None
     concurrency = 1  # the keyword recogniser does not wait on anything
     if settings is not None and settings.serving.enabled:  # the served models (imports Ray only then)
         from serving.recogniser import served_recognisers
         from serving.retrieval import served_retrievers
 
-        recognisers = served_recognisers([agent.policy for agent in agents], settings)
+        recognisers = served_recognisers(policies, settings)
         if settings.serving.knowledge:
-            retrievers = served_retrievers([agent.policy for agent in agents], settings)
+            retrievers = served_retrievers(policies, settings)
         concurrency = settings.serving.stream_concurrency
-    policies = [agent.policy for agent in agents]
     # device_reading requests are the device twin's (agents/iot), not a workflow runner's.
     answered_elsewhere = [*workflows, *(IOT_WORKFLOWS if uses_iot(policies) else ())]
     return [EchoAgent(),
