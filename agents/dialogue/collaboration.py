@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from agents.dialogue.early import keep_early, take_early
 from agents.dialogue.effects import (
     Effect,
     ForwardTurn,
@@ -124,13 +125,8 @@ class Collaboration:
         if not recipients:
             self.delegation_failed(waiting)
             return False
-        early = dict(st.get("early_answers") or {})
-        kept = early.pop(request_id, None)
+        kept = take_early(st, "early_answers", request_id)
         if kept is not None:  # this step is applied again after a crash, and answers came already
-            if early:
-                st["early_answers"] = early
-            else:
-                st.pop("early_answers", None)
             for answer in kept:
                 if answer["agent"] in recipients and all(a["agent"] != answer["agent"] for a in waiting["answers"]):
                     waiting["answers"].append(answer)
@@ -155,10 +151,9 @@ class Collaboration:
         if found is None:
             # After a crash the step that asked can be applied again after its answers arrived (they travel on
             # different topics): keep the last few, so that the same request (same id) finds them.
-            early = {key: list(value) for key, value in (self.state.get("early_answers") or {}).items()}
-            early.setdefault(str(request_id), []).append({"agent": agent, "text": self.payload.get("text"),
-                                                          "output": self.payload.get("output")})
-            self.state["early_answers"] = dict(list(early.items())[-EARLY_ANSWERS:])
+            keep_early(self.state, "early_answers", str(request_id), {"agent": agent, "text": self.payload.get("text"),
+                                                                       "output": self.payload.get("output")},
+                       limit=EARLY_ANSWERS, many=True)
             self.effects.append(RecordTransition(self.label(), self.label(), f"kept an answer from {agent} to "
                                                  f"request {request_id}: not waited for (yet, or late)"))
             return

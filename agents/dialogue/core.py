@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from agents.dialogue.collaboration import Collaboration
+from agents.dialogue.early import keep_early, take_early
 from agents.dialogue.effects import (
     Effect,
     NotifyHandoff,
@@ -297,9 +298,8 @@ class _Step(Collaboration):
                 return
         # Not waited for (yet). After a crash the input that started the run can be applied again after its
         # result arrived (they travel on different topics): keep the last few, so that call_workflow finds it.
-        early = dict(st.get("early_results") or {})
-        early[str(run_id)] = {key: self.payload.get(key) for key in ("status", "output", "error")}
-        st["early_results"] = dict(list(early.items())[-EARLY_RESULTS:])
+        keep_early(st, "early_results", str(run_id),
+                   {key: self.payload.get(key) for key in ("status", "output", "error")}, limit=EARLY_RESULTS)
         self.effects.append(RecordTransition(self.label(), self.label(),
                                              f"kept a result of workflow {self.data.get('name')} run "
                                              f"{run_id}: not waited for (yet)"))
@@ -317,14 +317,9 @@ class _Step(Collaboration):
                        "save_as": action.save_as, "on_error": action.on_error}
         self.effects.append(RecordTransition(self.label(), f"{self.label()} (waiting for {action.workflow})",
                                              f"call_workflow ({action.at})"))
-        early = st.get("early_results") or {}
-        if run_id in early:  # this step is applied again after a crash, and the run's result came already
-            rest = {key: value for key, value in early.items() if key != run_id}
-            if rest:
-                st["early_results"] = rest
-            else:
-                st.pop("early_results", None)
-            self.apply_workflow_result(st["await"], early[run_id])
+        result = take_early(st, "early_results", run_id)
+        if result is not None:  # this step is applied again after a crash, and the run's result came already
+            self.apply_workflow_result(st["await"], result)
 
     def apply_workflow_result(self, waiting: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """The workflow the session waits for (at its current node) has finished: go on from that node."""
