@@ -94,16 +94,38 @@ def use_token(path: Path) -> None:
             pass
 
 
-def import_ray(*, local: bool = False) -> Any:
-    """`ray`, with a clear error when it is missing. `local`: keep every Ray server on 127.0.0.1 (must be set
-    before Ray is first imported in this process)."""
-    if local:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+#: Ray's switch between "this node is reached on 127.0.0.1" ("0") and "on the address of the default route".
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_set_loopback: list[bool] = []  # whether this process set LOOPBACK_ENV (and so may take it back)
+
+
+def import_ray(*, local: bool | None = None) -> Any:
+    """`ray`, with a clear error when it is missing. `local=True`: this process's Ray is on 127.0.0.1 (a local
+    Ray started here, or a driver of a head at 127.0.0.1); `False`: a cluster reached over the network; `None`:
+    as the last start or join left it.
+
+    Why: Ray turns the node address 127.0.0.1 into the address of the default route (`resolve_ip_for_localhost`)
+    unless its cluster switch is off. On a machine with a network interface, a local Ray then registered as
+    192.0.2.2, say, and a driver of a head at 127.0.0.1 waited for a raylet at that address that never came. Ray
+    reads the switch when first imported, so the environment variable alone depended on which import came first
+    (a test's own `from ray import serve`); the module constant is set too, each time."""
+    if local and os.environ.get(LOOPBACK_ENV) != "0":
+        os.environ[LOOPBACK_ENV] = "0"  # for Ray's own processes started from here
+        _set_loopback.append(True)
+    elif local is False and _set_loopback:
+        os.environ.pop(LOOPBACK_ENV, None)
+        _set_loopback.clear()
     try:
         import ray
         from ray import serve  # noqa: F401 - fails early when the [serve] extra is missing
     except ImportError as exc:
         raise missing("ray[serve]", exc) from None
+    if local is not None:
+        with contextlib.suppress(ImportError, AttributeError):  # another Ray version: the variable is all there is
+            constants: Any = importlib.import_module("ray._private.ray_constants")
+            switch = os.environ.get(LOOPBACK_ENV)
+            constants.ENABLE_RAY_CLUSTER = (switch.lower() in ("1", "true") if switch is not None
+                                            else not constants.IS_WINDOWS_OR_OSX)
     return ray
 
 

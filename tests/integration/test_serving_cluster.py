@@ -46,6 +46,17 @@ class RayHead:
     client_address: str
     token: Path
     process: subprocess.Popen[str]
+    temp_dir: Path
+
+    def error_logs(self, lines: int = 30) -> str:
+        """The tail of each of the head's error logs (`*.err`: the Ray client servers, the raylet), for a failure
+        message: the directory goes with the head."""
+        tails = []
+        for path in sorted((self.temp_dir / "session_latest" / "logs").glob("*.err")):
+            text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+            if text:
+                tails.append(f"--- {path.name}:\n" + "\n".join(text))
+        return "\n".join(tails) or "(no Ray error logs)"
 
     def processes(self) -> list[psutil.Process]:
         ours = []
@@ -100,7 +111,7 @@ def _start_head(root: Path) -> RayHead:
         started.set()  # the head exited
 
     threading.Thread(target=read, name="ray-head-output", daemon=True).start()
-    head = RayHead(f"127.0.0.1:{gcs_port}", f"ray://127.0.0.1:{client_port}", token, process)
+    head = RayHead(f"127.0.0.1:{gcs_port}", f"ray://127.0.0.1:{client_port}", token, process, root / "ray")
     if not started.wait(START_TIMEOUT_S) or process.poll() is not None:
         _stop_head(head)
         pytest.fail("ray start did not start:\n" + "".join(output[-40:]))
@@ -160,10 +171,14 @@ def _switchboard_serve(head: RayHead, data_dir: Path, **serving: str) -> subproc
                           timeout=240, check=False)
 
 
-def _join(settings: Settings) -> None:
+def _join(head: RayHead, settings: Settings) -> None:
     from serving import cluster
+    from serving.errors import ServingUnavailableError
 
-    cluster.connect(cluster.resolve_address(settings), timeout_s=60)
+    try:
+        cluster.connect(cluster.resolve_address(settings), timeout_s=60)
+    except ServingUnavailableError as exc:
+        pytest.fail(f"{exc}\n{head.error_logs()}")
 
 
 async def _understood(settings: Settings, turns: Sequence[tuple[str, str]]) -> list[Any]:
@@ -176,7 +191,7 @@ async def _understood(settings: Settings, turns: Sequence[tuple[str, str]]) -> l
 @pytest.mark.skipif(bool(MODEL_MISSING), reason=f"needs the serving extra ({', '.join(MODEL_MISSING)} missing)")
 async def test_switchboard_serve_deploys_to_a_cluster_and_workers_reach_it(ray_head: RayHead, tmp_path: Path) -> None:
     served = _switchboard_serve(ray_head, tmp_path)
-    assert served.returncode == 0, served.stdout + served.stderr
+    assert served.returncode == 0, served.stdout + served.stderr + ray_head.error_logs()
     assert f"joining the cluster at {ray_head.client_address}" in served.stdout
     assert "switchboard-intents: all-MiniLM-L6-v2@int8" in served.stdout, served.stdout
     assert not (tmp_path / "run" / "serving.address").exists(), "no local Ray: nothing for workers to find"
@@ -205,7 +220,7 @@ async def test_a_users_own_intents_application_by_configuration(ray_head: RayHea
     from examples.rule_intents import rules_app
 
     settings = _settings(ray_head, tmp_path, intents_app="my-intents")
-    _join(settings)
+    _join(ray_head, settings)
     serve.start(proxy_location="Disabled")
     serve.run(rules_app(), name="my-intents", route_prefix=None)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the cluster cannot import this test module
@@ -213,7 +228,7 @@ async def test_a_users_own_intents_application_by_configuration(ray_head: RayHea
               name="wrong-shape", route_prefix=None)
 
     served = _switchboard_serve(ray_head, tmp_path, intents_app="my-intents")
-    assert served.returncode == 0, served.stdout + served.stderr
+    assert served.returncode == 0, served.stdout + served.stderr + ray_head.error_logs()
     assert "my-intents: your intents application (serving.intents_app), deployed" in served.stdout, served.stdout
     assert "switchboard-intents: deploying" not in served.stdout, "Switchboard's own intents are not deployed"
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,27 @@ async def test_turns_are_recognised_through_ray_serve_and_fall_back_without_it(t
     fallback = await fresh.recognise("goodbye")
     assert fallback.intent == "goodbye"
     assert fallback.model.startswith("keyword:customer_service@") and "(fallback: no model server" in fallback.model
+
+
+LOOPBACK_WHATEVER_IMPORTED_RAY_FIRST = """
+import sys
+import ray  # before Switchboard: Ray reads its node-address switch now
+from infra.config import load_settings
+from serving import cluster
+
+settings = load_settings(data_dir=sys.argv[1])
+print(cluster.start_local_ray(settings, cpus=1))
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_is_on_loopback_even_when_ray_was_imported_first(tmp_path: Path) -> None:
+    """Ray registers a node started on 127.0.0.1 under the default route's address unless its cluster switch is
+    off; it reads the switch at import. The local Ray must be on 127.0.0.1 whoever imported Ray first (on CI, a
+    test's own `from ray import serve` did, and every later Ray of the process was on 192.0.2.2)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    started = subprocess.run([sys.executable, "-c", LOOPBACK_WHATEVER_IMPORTED_RAY_FIRST, str(tmp_path)], env=env,
+                             capture_output=True, text=True, timeout=180, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.stdout.strip().splitlines()[-1].startswith("127.0.0.1:"), started.stdout
