@@ -407,7 +407,7 @@ class ConsumerFixes(faust_consumer.Consumer):
         if from_start:
             # FIX(d): seeking to 0 starts at the beginning where the log has been truncated too (offset out of
             # range, reset to earliest).
-            await self.seek_wait(from_start)
+            await self._seek_each_assigned(from_start)
         self._committed_offset.update(
             {
                 faust_consumer.ensure_TP(tp): offset if offset else None
@@ -415,6 +415,22 @@ class ConsumerFixes(faust_consumer.Consumer):
                 if offset is not None
             }
         )
+
+    async def _seek_each_assigned(self, positions: Mapping[TP, int]) -> None:
+        """`seek_wait(positions)` for the partitions still assigned; one that is not (the assignment changed while
+        the committed offsets were fetched: seen as "No current assignment for partition" from the seek a paused
+        fetch makes) is its next owner's, and the others are still sought. All at once first (one wait for the
+        positions), one by one only when that fails."""
+        assigned = self.assignment()
+        positions = {tp: offset for tp, offset in positions.items() if tp in assigned}
+        try:
+            await self.seek_wait(positions)
+        except IllegalStateError:
+            for tp, offset in positions.items():
+                try:
+                    await self.seek_wait({tp: offset})
+                except IllegalStateError:
+                    self.log.info("Not seeking %r: no longer assigned", tp)
 
     def _offsets_may_skip(self, tp: TP) -> bool:
         """True where Kafka leaves holes in a partition's offsets: compacted topics and transaction markers.
