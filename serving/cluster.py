@@ -123,9 +123,8 @@ def import_ray(*, local: bool | None = None) -> Any:
     if local is not None:
         with contextlib.suppress(ImportError, AttributeError):  # another Ray version: the variable is all there is
             constants: Any = importlib.import_module("ray._private.ray_constants")
-            switch = os.environ.get(LOOPBACK_ENV)
-            constants.ENABLE_RAY_CLUSTER = (switch.lower() in ("1", "true") if switch is not None
-                                            else not constants.IS_WINDOWS_OR_OSX)
+            # What Ray computes at import, from the variable as it is now.
+            constants.ENABLE_RAY_CLUSTER = constants.env_bool(LOOPBACK_ENV, not constants.IS_WINDOWS_OR_OSX)
     return ray
 
 
