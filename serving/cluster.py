@@ -227,6 +227,38 @@ def _leave(ray: Any, why: str) -> None:
         importlib.import_module("ray.serve.context")._set_global_client(None)
 
 
+#: Attempts at joining through `ray://` when the cluster's client proxy failed to start this client's server.
+CLIENT_INIT_ATTEMPTS = 4
+CLIENT_INIT_BACKOFF_S = 0.5
+_CLIENT_INIT_FAILURE = "Initialization failure from server"
+
+
+def is_client_server_startup_failure(exc: BaseException) -> bool:
+    """Whether `ray.init("ray://...")` failed because the cluster's client proxy could not start the per-client
+    server. Ray's proxy forks that server from a multi-threaded gRPC process, and a few percent of forks die
+    (ray-project/ray#63202: "specific_server intermittently dies during fork()"; seen on our CI as a ZombieProcess
+    from the proxy's `cmdline()`); the next attempt gets a new server."""
+    return isinstance(exc, ConnectionAbortedError) and _CLIENT_INIT_FAILURE in str(exc)
+
+
+def retry_client_init(init: Callable[[], T], address: str, attempts: int = CLIENT_INIT_ATTEMPTS,
+                      backoff_s: float = CLIENT_INIT_BACKOFF_S) -> T:
+    """`init()`, tried again (with a doubling pause) while it fails with the client proxy's startup failure;
+    any other error, and the last attempt's, propagate. Ray's client cleans up after a failed `ray.init`, so a
+    retry starts from nothing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return init()
+        except Exception as exc:
+            if attempt == attempts or not is_client_server_startup_failure(exc):
+                raise
+            last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log.warning("Ray at %s could not start a client server for this process (attempt %d of %d: %s); "
+                        "trying again", address, attempt, attempts, last_line)
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def connect(address: str, timeout_s: float | None = None) -> None:
     """Join the Ray cluster at `address` as a client of its deployments (idempotent in a process; a different
     address leaves the old cluster first, e.g. after `switchboard serve` restarted); with `timeout_s`, give up
@@ -243,7 +275,8 @@ def connect(address: str, timeout_s: float | None = None) -> None:
             _client_config()
             _enable_faulthandler()
             try:
-                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+                retry_client_init(lambda: ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                                                   configure_logging=False), address)
                 _connected_to.append(address)
             except Exception as exc:
                 log.debug("ray.init(address=%r) failed", address, exc_info=True)
