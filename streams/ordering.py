@@ -17,39 +17,56 @@ import asyncio
 
 
 class Place:
-    """One input's place in its subject's queue: `ready` waits for the input before it, `leave` lets the next go."""
+    """One input's place in its subject's queue: `ready` waits for the input before it, `leave` lets the next go.
 
-    def __init__(self, order: SubjectOrder, subject: str, before: asyncio.Event | None) -> None:
+    A place is *done* once its input and every input before it have left, so an input that leaves early (its
+    handler failed before it waited) never lets a later input of its subject publish before an earlier one. Leaving
+    is synchronous: the places behind that had already left are done in the same step."""
+
+    def __init__(self, order: SubjectOrder, subject: str, before: Place | None) -> None:
         self._order = order
         self._subject = subject
         self._before = before
+        self._after: Place | None = None
+        self._has_left = False
         self._done = asyncio.Event()
 
     async def ready(self) -> None:
         """Return once the previous input of the subject has left (at once when there is none)."""
-        if self._before is not None:
-            await self._before.wait()
+        before = self._before
+        if before is not None:
+            await before._done.wait()
 
     def leave(self) -> None:
-        """This input has published (or given up): the next input of the subject may publish. Idempotent."""
-        self._done.set()
-        self._order._left(self._subject, self._done)
+        """This input has published (or given up). Idempotent. The next input of the subject may publish once
+        this one and all before it have left."""
+        self._has_left = True
+        place: Place | None = self
+        while place is not None and place._has_left and not place._done.is_set() and (
+                place._before is None or place._before._done.is_set()):
+            place._done.set()
+            place._before = None  # done: no chain of finished places is kept alive
+            place._order._left(place._subject, place)
+            place = place._after
 
 
 class SubjectOrder:
     """The queues of the subjects that have an input in flight; a subject is forgotten when its queue empties."""
 
     def __init__(self) -> None:
-        self._last: dict[str, asyncio.Event] = {}
+        self._last: dict[str, Place] = {}
 
     def enter(self, subject: str) -> Place:
         """Queue an input of `subject` behind the ones already in flight. Synchronous, so it cannot be overtaken."""
-        place = Place(self, subject, self._last.get(subject))
-        self._last[subject] = place._done
+        before = self._last.get(subject)
+        place = Place(self, subject, before)
+        if before is not None:
+            before._after = place
+        self._last[subject] = place
         return place
 
-    def _left(self, subject: str, done: asyncio.Event) -> None:
-        if self._last.get(subject) is done:
+    def _left(self, subject: str, place: Place) -> None:
+        if self._last.get(subject) is place:
             del self._last[subject]
 
     def __len__(self) -> int:

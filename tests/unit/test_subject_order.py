@@ -71,3 +71,38 @@ async def test_a_place_without_predecessor_is_ready_at_once() -> None:
     place: Place = SubjectOrder().enter("alone")
     await asyncio.wait_for(place.ready(), 0.1)
     place.leave()
+
+
+async def test_an_input_that_gives_up_early_does_not_let_a_later_one_overtake_an_earlier_one() -> None:
+    """The second input's handler fails before it waits for its place; the third must still publish after the
+    first, which is slow."""
+    order = SubjectOrder()
+    published: list[str] = []
+
+    async def fails_at_once() -> None:
+        place = order.enter("s")
+        try:
+            raise RuntimeError("the handler failed")
+        finally:
+            place.leave()
+
+    results = await asyncio.gather(_input(order, "s", 0.05, published, "first"), fails_at_once(),
+                                   _input(order, "s", 0.0, published, "third"), return_exceptions=True)
+    assert isinstance(results[1], RuntimeError)
+    assert published == ["first", "third"]
+    assert len(order) == 0
+
+
+async def test_places_behind_that_already_left_are_done_when_the_first_leaves() -> None:
+    order = SubjectOrder()
+    first, second, third = order.enter("s"), order.enter("s"), order.enter("s")
+    fourth = order.enter("s")
+    third.leave()
+    second.leave()
+    waiter = asyncio.ensure_future(fourth.ready())
+    await asyncio.sleep(0)
+    assert not waiter.done(), "the first input has not left yet"
+    first.leave()
+    await asyncio.wait_for(waiter, 1.0)
+    fourth.leave()
+    assert len(order) == 0
