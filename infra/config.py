@@ -213,6 +213,10 @@ class WorkerSettings(_Section):
         "runs) whose effects may await the broker's acknowledgement at once; each input is still acknowledged, and "
         "its state written, only after its own effects, in input order, and one subject's inputs never overlap. "
         "1: one input at a time")
+    stop_timeout_s: float = Field(10.0, gt=0, le=3600, description="how long a worker's clean stop (committing "
+        "offsets, leaving the group) may take after SIGTERM or SIGINT before it exits anyway with status 1; "
+        "nothing is lost, the inputs since the last commit are redelivered. Keep it below what stops it with "
+        "SIGKILL (embedded.stop_timeout_s, a Kubernetes grace period)")
 
     @field_validator("agent_dirs")
     @classmethod

@@ -11,6 +11,7 @@ import faust
 
 from infra.bus.clients import ssl_context
 from infra.config import Settings
+from streams.bounded_stop import Worker
 from streams.directory import announce_agents
 from streams.recognisers import run_shared_caches
 from streams.shell import StreamShell
@@ -112,6 +113,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         recovery_consistency_check=False,
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        Worker=Worker,  # its stop has a deadline (workers.stop_timeout_s)
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
