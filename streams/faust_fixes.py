@@ -45,6 +45,11 @@ e. `Stream._c_aiter()`, `Stream._py_aiter()`: a message is acknowledged when the
    makes on the way down, moved past an input whose effects were never all sent. Now the input stays uncommitted
    and comes again after the restart or rebalance.                                          -> `apply()`
 
+g. `Recovery._wait()`: a recovery step that takes longer than `broker_request_timeout` starts the recovery again.
+   Upstream reads the timeout as "the service was stopped" and ends its recovery loop: the worker stays in the group
+   with its partitions paused and never consumes again (seen on CI: object storage died, the changelog's end search
+   outlasted the timeout, and 172 acknowledged turns were never answered).                    -> `apply()`
+
 (b) and (c) need the read offset to mean one thing: after a seek to N it is now N - 1, the last offset read, as
 after a delivery (Faust stored N there).
 
@@ -64,6 +69,7 @@ from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
 from faust.exceptions import Skip
 from faust.streams import Stream, _current_event
+from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
 from faust.transport import consumer as faust_consumer
 from faust.types import TP, ChannelT, EventT, Message
 from mode import Service, ServiceT, shortlabel
@@ -99,11 +105,31 @@ def apply() -> None:
         Stream._py_aiter = _py_aiter  # type: ignore[method-assign]
     if Stream.__dict__.get("_c_aiter") is not _c_aiter:
         Stream._c_aiter = _c_aiter  # type: ignore[method-assign]
+    if Recovery.__dict__.get("_wait") is not _recovery_wait:
+        Recovery._wait = _recovery_wait  # type: ignore[method-assign]
 
 
 def applied() -> bool:
     """True when `apply()` has run in this process."""
     return Stream.__dict__.get("_py_aiter") is _py_aiter
+
+
+# --- (g) ----------------------------------------------------------------------------------------------------------
+async def _recovery_wait(self: Recovery, coro: Any, timeout: Any = None) -> None:  # noqa: ASYNC109 (its signature)
+    """`Recovery._wait`: run one recovery step, stopping early for a stop or a new rebalance; a step that runs past
+    `timeout` restarts the recovery (FIX(g)) where upstream ended the recovery loop as if the service had stopped."""
+    signal = self.signal_recovery_start
+    # An asyncio.Event; wait_first takes anything with an awaitable `wait()` (as upstream's own call does).
+    wait_result = await self.wait_first(coro, cast(Any, signal), timeout=timeout)
+    if wait_result.stopped:
+        if self.should_stop or self._crashed.is_set():
+            raise ServiceStopped()  # service was stopped.
+        # FIX(g): neither the step, nor a rebalance, nor a stop: the timeout. Recover again from the start.
+        self.log.warning("A recovery step did not finish within %ss; starting the recovery again", timeout)
+        signal.set()
+        raise RebalanceAgain()
+    if cast(Any, signal) in wait_result.done:
+        raise RebalanceAgain()  # another rebalance started
 
 
 # --- (a) ----------------------------------------------------------------------------------------------------------

@@ -23,17 +23,35 @@ log = logging.getLogger(__name__)
 RECOVERY_QUIET_MS = 1500
 
 
+def search_timeout_s(settings: Settings) -> float:
+    """How long the end search may take. Faust waits `broker_request_timeout` (kafka.request_timeout_ms) for each
+    recovery step and, when a step takes longer, gave up recovering for good (fix (g) in `streams.faust_fixes` now
+    starts it again instead): the search, with its consumer's start and stop, must end well inside that."""
+    request_s = settings.kafka.request_timeout_ms / 1000
+    return max(request_s / 2, request_s - 10)
+
+
 async def true_highwaters(settings: Settings, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
-    """The next offset to be written in each partition, confirmed by reading (never below the reported end)."""
+    """The next offset to be written in each partition as found by reading (see `find_ends`). A partition whose end
+    could not be confirmed within `search_timeout_s` ends where its records end: on Tansu that is a hole a failed
+    object write left at the end of the partition, and recovering up to the broker's watermark would wait forever
+    for records that do not exist."""
     if not partitions:
         return {}
     consumer = make_consumer(settings)  # a private, group-less consumer: the worker's own must not move
     await consumer.start()
     try:
-        ends = await find_ends(consumer, list(partitions), settings, quiet_ms=RECOVERY_QUIET_MS)
+        ends = await find_ends(consumer, list(partitions), settings, timeout_s=search_timeout_s(settings),
+                               quiet_ms=RECOVERY_QUIET_MS)
     finally:
         await consumer.stop()
     wrong = {f"{tp.topic}/{tp.partition}": (end.reported, end.end) for tp, end in ends.items() if end.broker_was_wrong}
     if wrong:
         log.info("partition ends corrected (broker reported, true): %s", wrong)
+    cut = {f"{tp.topic}/{tp.partition}": (end.end, end.highwater) for tp, end in ends.items() if not end.confirmed}
+    if cut:
+        log.warning("partition ends not confirmed within %gs (records end at, broker's high watermark): %s; the "
+                    "records in between could not be read (a hole the broker left when an object-storage write "
+                    "failed, or a very slow broker): recovering up to where the records end",
+                    search_timeout_s(settings), cut)
     return {tp: end.end for tp, end in ends.items()}

@@ -29,9 +29,16 @@ from topics.errors import BusError
 
 @dataclass(frozen=True)
 class PartitionEnd:
+    """A partition's end: `end` the next offset to be written as found by reading, `reported` what the broker's
+    ListOffsets said. `confirmed` is False when the search ran out of time before reading up to the fetch high
+    watermark (`highwater`): `end` is then what could be read. On Tansu that is a hole: a produce whose object write
+    failed (object storage down) advanced the watermark, and its records will never exist (docs/bus-facts.md)."""
+
     partition: TopicPartition
     end: int
     reported: int
+    confirmed: bool = True
+    highwater: int | None = None
 
     @property
     def broker_was_wrong(self) -> bool:
@@ -61,8 +68,8 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
 
     A partition's end is known once its records up to the high watermark of a fetch response have been read. For a
     broker that sends no high watermark, the end is declared once a fetch round brings nothing more for `quiet_ms`
-    (default: one fetch wait + 300 ms). After `timeout_s` the end is what has been read. Uses (and re-assigns)
-    `consumer`, which must not be in a group.
+    (default: one fetch wait + 300 ms). After `timeout_s` the end is what has been read, marked unconfirmed (a
+    hole Tansu left, or a very slow fetch). Uses (and re-assigns) `consumer`, which must not be in a group.
     """
     reported = await consumer.end_offsets(list(partitions))
     ends = {tp: PartitionEnd(tp, off, off) for tp, off in reported.items()}
@@ -95,7 +102,16 @@ async def find_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartit
                 done.add(tp)
         pending = [tp for tp in pending if tp not in done]
     for tp, offset in last.items():
-        ends[tp] = PartitionEnd(tp, max(offset + 1, reported[tp]), reported[tp])
+        ends[tp] = PartitionEnd(tp, max(offset + 1, reported[tp]), reported[tp], confirmed=tp not in pending,
+                                highwater=consumer.highwater(tp))
+    for tp in pending:
+        if tp not in last:
+            # Nothing came from the reported end's batch although the broker's high watermark is past it: on Tansu
+            # that batch is a hole (its object write failed), so the records end before it. Waiting for it would
+            # wait forever; a reader that trusted the reported end would too.
+            highwater = consumer.highwater(tp)
+            end = reported[tp] - 1 if highwater is not None and highwater >= reported[tp] else reported[tp]
+            ends[tp] = PartitionEnd(tp, end, reported[tp], confirmed=False, highwater=highwater)
     return ends
 
 
