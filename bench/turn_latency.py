@@ -8,6 +8,7 @@ worker's share of *in* is what the stream shell does per turn.
 
     python -m bench.turn_latency                      # 500 turns/s for 20 s, 2 workers
     python -m bench.turn_latency --rate 100 --seconds 30 --workers 1
+    python -m bench.turn_latency --storage memory     # the same workers on a bare Tansu with a memory:// log
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.loads import DialogueLoad, Observer, Producer, percentile, run_stopping_on_sigterm, throwaway_stack, until
+from bench.dialogue_turns import dialogue_stack
+from bench.loads import DialogueLoad, Observer, Producer, percentile, run_stopping_on_sigterm, until
 
 WARMUP_S = 3.0
 
 
 @dataclass
 class LatencyReport:
+    storage: str
     rate: float
     seconds: float
     workers: int
@@ -43,7 +46,8 @@ class LatencyReport:
     out_p99_ms: float
 
     def summary(self) -> str:
-        return (f"{self.rate:.0f} turns/s offered for {self.seconds:.0f}s, {self.workers} workers: "
+        bus = "Tansu on SeaweedFS S3" if self.storage == "s3" else "bare Tansu, memory:// log"
+        return (f"{self.rate:.0f} turns/s offered for {self.seconds:.0f}s, {self.workers} workers, {bus}: "
                 f"{self.answered}/{self.sent} answered, {self.achieved_per_s:.0f} replies/s\n"
                 f"  latency p50 {self.p50_ms:.0f} ms  p90 {self.p90_ms:.0f} ms  p99 {self.p99_ms:.0f} ms  "
                 f"max {self.max_ms:.0f} ms\n"
@@ -52,7 +56,7 @@ class LatencyReport:
 
 
 async def run(args: argparse.Namespace) -> LatencyReport:
-    async with throwaway_stack("switchboard-latency-", args.workers) as settings:
+    async with dialogue_stack(args.storage, args.workers, "switchboard-latency-") as settings:
         load = DialogueLoad(prefix="latency")
         observer = Observer(settings, load)
         producer = Producer(settings, load, args.rate)
@@ -80,7 +84,8 @@ async def run(args: argparse.Namespace) -> LatencyReport:
     answered_times = [observer.first[s.id] for s in measured if s.id in observer.first]
     span = (max(answered_times) - window_start) if answered_times else float("nan")
     return LatencyReport(
-        rate=args.rate, seconds=args.seconds, workers=args.workers, sent=len(measured), answered=len(latencies),
+        storage=args.storage, rate=args.rate, seconds=args.seconds, workers=args.workers, sent=len(measured),
+        answered=len(latencies),
         achieved_per_s=len(latencies) / span if answered_times else 0.0,
         p50_ms=percentile(latencies, 50), p90_ms=percentile(latencies, 90), p99_ms=percentile(latencies, 99),
         max_ms=max(latencies, default=float("nan")),
@@ -96,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="Faust workers (default 2)")
     parser.add_argument("--drain-timeout-s", type=float, default=120.0,
                         help="how long to wait for the replies of the measured turns")
+    parser.add_argument("--storage", choices=["s3", "memory"], default="s3",
+                        help="the bus: s3 = the embedded stack (Tansu on SeaweedFS, the default), memory = a bare "
+                             "Tansu with a memory:// log (the broker without storage costs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser.parse_args(argv)
 
