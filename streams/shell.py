@@ -589,21 +589,18 @@ class StatefulPipeline:
         self.written[item.subject] = item
 
     async def _state_stored(self, item: _InFlight) -> None:
-        """The state record's changelog write acknowledged. When the broker refused it, the subject's newest record
-        is written again, and this input waits for that write: if a later input of the subject has written since,
-        its record holds this input's change too, and writing the older record after it would leave the older
-        state last in the changelog."""
+        """The state record's changelog write acknowledged. One the broker refused is written again, unless a later
+        input of the subject has written its own since: that one supersedes it (and is confirmed in its turn), and
+        writing the older record after it would put the older state last in the changelog."""
         if item.state_send is None:
             return
         try:
             await asyncio.shield(item.state_send)
         except Exception:
-            newest = self.written.get(item.subject) if item.subject is not None else None
-            if newest is None:  # cannot happen: an input stays in `written` or behind a later one until acked
-                item.state_send = None
+            if item.subject is not None and self.written.get(item.subject) is item:
+                self._write_state(item)
             else:
-                self._write_state(newest)
-                item.state_send = newest.state_send
+                item.state_send = None
             raise  # logged by _until_done, which calls again after a pause and waits for the new write
         item.state_send = None
 
