@@ -61,8 +61,6 @@ from topics.spec import TopicSpec
 
 log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 5.0
-#: A stateful pipeline holds up to this many times its depth of inputs waiting for their state records' acks.
-_UNACKNOWLEDGED_PER_DEPTH = 4
 #: Ids of the last events applied to a subject, kept in its state record. An upstream processor that restarts
 #: re-emits at most what it sent since its last offset commit (`broker_commit_every` = 100 messages, or 1 s), and only
 #: a subject's own events count here, so a subject never sees that many of its own events replayed.
@@ -284,26 +282,8 @@ class StreamShell:
         headers = _headers(message.headers)
         await self.publish(records, letter=functools.partial(self._letter, processor, message, headers))
         if subject is not None:
-            await self._write_state(processor, table, subject, record)
-
-    async def _write_state(self, processor: StatefulProcessor, table: Any, subject: str, record: Any) -> None:
-        """Write `subject`'s state record and wait for its changelog record's acknowledgement, writing it again
-        while the broker refuses it. (Trying the whole input again would not do: it is applied in the local store
-        already, so it would be skipped, and the changelog would miss the change.)"""
-        delay = 0.1
-        while True:
             table[subject] = record
-            send = _state_send(table)
-            if send is None:
-                return
-            try:
-                await asyncio.shield(send)
-                return
-            except Exception as exc:
-                log.warning("the state record of %s for %s was refused (%s: %s); writing it again in %.1fs",
-                            processor.name, subject, type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+            await _confirm_state(table, subject)
 
     def _apply(self, processor: StatefulProcessor, table: Any,
                message: Any) -> tuple[str | None, list[tuple[TopicSpec, KafkaRecord]], dict[str, Any] | None]:
@@ -461,18 +441,14 @@ class _InFlight:
     record: dict[str, Any] | None
     sent: list[tuple[TopicSpec, KafkaRecord, Any]]
     letter: Callable[..., tuple[TopicSpec, KafkaRecord]]
-    #: Effects acknowledged and the state record handed to the producer (the subject's next input may go).
-    stored: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    #: The state record's changelog send (a `StateTable` write), awaited before the input is acknowledged.
-    state_send: Any = None
-    #: Acknowledged: effects and state record stored.
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def _state_send(table: Any) -> Any:
-    """The changelog send of the table's last write: a `StateTable`'s (other tables, as in tests that pass their
-    own, give None: nothing to wait for)."""
-    return table.last_send if isinstance(table, StateTable) else None
+async def _confirm_state(table: Any, subject: str) -> None:
+    """Wait until the changelog record of `subject`'s state is acknowledged (a `StateTable`; other tables, as in
+    tests that pass their own, are not waited for). Raises when the broker refused it."""
+    if isinstance(table, StateTable):
+        await table.confirm(subject)
 
 
 class _StateView:
@@ -491,15 +467,11 @@ class StatefulPipeline:
     """One stateful agent's inputs, handled without waiting for each one's acknowledgements in turn.
 
     An input is stepped at once from the state its subject will have (`_StateView`), its effects are handed to the
-    producer, and the agent takes the next input. A store task then, strictly in input order, waits until the
-    input's effects are acknowledged (sending again what fails, as `publish` does) and writes its state record; an
-    acknowledge task, in input order too, waits until that record's changelog write is acknowledged (writing it
-    again if the broker refused it) and only then acknowledges the input. So the committed offset never runs ahead
-    of effects or state, and neither stage waits for a round trip per input: the state records of many inputs are
-    in flight together, as their effects are. Inputs of one subject never overlap: an input whose subject has one
-    in flight is sent only after that one's effects are acknowledged, so a session's effects keep their order even
-    when the broker fails a request and a send is repeated. `depth` bounds the inputs whose effects are in flight;
-    four times as many may wait for their state record's acknowledgement.
+    producer, and the agent takes the next input. A drain task then, strictly in input order: waits until the
+    input's effects are acknowledged (sending again what fails, as `publish` does), writes its state record, and
+    only then acknowledges the input, so the committed offset still never runs ahead of effects or state. Inputs of
+    one subject never overlap: an input whose subject has one in flight is sent only after that one is confirmed,
+    so a session's effects keep their order even when the broker fails a request and a send is repeated.
 
     A crash loses only unwritten records and unacknowledged inputs; those inputs come again and step from the last
     written state to the same effects (same ids), exactly as without the pipeline.
@@ -510,14 +482,11 @@ class StatefulPipeline:
         self.processor = processor
         self.table = table
         self.depth = depth
-        self.items: deque[_InFlight] = deque()  # every input not yet acknowledged, in input order
-        self.to_store: deque[_InFlight] = deque()  # those whose state record is not written yet
+        self.items: deque[_InFlight] = deque()
         self.unwritten: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, _InFlight] = {}  # per subject, its last input in flight
-        self.written: dict[str, _InFlight] = {}  # per subject, the input whose state record was written last
         self.view = _StateView(table, self.unwritten)
-        self._storer: asyncio.Task[None] | None = None
-        self._acknowledger: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
 
     async def take(self, event: Any) -> None:
         """Step one input and send its effects; returns once the agent may take the next input."""
@@ -525,94 +494,58 @@ class StatefulPipeline:
         subject, records, record = self.shell._apply(self.processor, self.view, message)
         before = self.latest.get(subject) if subject is not None else None
         if before is not None:
-            await asyncio.shield(before.stored)  # keep the subject's effects in order
+            await asyncio.shield(before.done)  # keep the subject's effects in order
         sent = [(spec, rec, await self.shell._send(spec, rec)) for spec, rec in records]
         headers = _headers(message.headers)
         item = _InFlight(event, subject, record, sent,
                          functools.partial(self.shell._letter, self.processor, message, headers))
-        message.incref()  # acknowledged here, once its effects and state are stored (not by the iterator)
+        message.incref()  # acknowledged by the drain, once its effects and state are stored (not by the iterator)
         self.items.append(item)
-        self.to_store.append(item)
         if subject is not None:
             self.latest[subject] = item
             if record is not None:
                 self.unwritten[subject] = record
-        loop = asyncio.get_running_loop()
-        if self._storer is None or self._storer.done():
-            self._storer = loop.create_task(self._store_in_order(), name=f"{self.processor.name}-store")
-        if self._acknowledger is None or self._acknowledger.done():
-            self._acknowledger = loop.create_task(self._acknowledge_in_order(), name=f"{self.processor.name}-ack")
-        while len(self.to_store) >= self.depth:
-            await asyncio.shield(self.to_store[0].stored)
-        while len(self.items) >= _UNACKNOWLEDGED_PER_DEPTH * self.depth:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain(), name=f"{self.processor.name}-drain")
+        while len(self.items) >= self.depth:
             await asyncio.shield(self.items[0].done)
 
-    async def _store_in_order(self) -> None:
-        while self.to_store:
-            item = self.to_store[0]
-            await self.shell._until_done(self.processor.name, item.event.message, self._store, item)
-            self.to_store.popleft()
-            if item.subject is not None and self.unwritten.get(item.subject) is item.record:
-                del self.unwritten[item.subject]  # the table has it now
-            if item.subject is not None and self.latest.get(item.subject) is item:
-                del self.latest[item.subject]  # the subject's next input need not wait for this one any more
-            item.stored.set_result(None)
-
-    async def _acknowledge_in_order(self) -> None:
+    async def _drain(self) -> None:
         while self.items:
             item = self.items[0]
-            await asyncio.shield(item.stored)
-            await self.shell._until_done(self.processor.name, item.event.message, self._state_stored, item)
+            await self._finish(item)
             self.items.popleft()
-            if item.subject is not None and self.written.get(item.subject) is item:
-                del self.written[item.subject]
+            if item.subject is not None:
+                if self.latest.get(item.subject) is item:
+                    del self.latest[item.subject]
+                if item.record is not None and self.unwritten.get(item.subject) is item.record:
+                    del self.unwritten[item.subject]
             item.event.message.ack(self.shell.app.consumer)
             item.done.set_result(None)
 
+    async def _finish(self, item: _InFlight) -> None:
+        """Effects acknowledged, then the state record written; tried again (logged) until it succeeds."""
+        await self.shell._until_done(self.processor.name, item.event.message, self._store, item)
+
     async def _store(self, item: _InFlight) -> None:
-        """Effects acknowledged, then the state record handed to the producer."""
         if item.sent:
             await self.shell.confirm(item.sent, letter=item.letter)
             item.sent = []  # a retry writes the state record only
         if item.subject is not None and item.record is not None:
-            self._write_state(item)
-
-    def _write_state(self, item: _InFlight) -> None:
-        assert item.subject is not None and item.record is not None
-        # Faust puts a table write in the changelog partition of the current event: the input's own.
-        token = _current_event.set(weakref.ref(item.event))
-        try:
-            self.table[item.subject] = item.record
-        finally:
-            _current_event.reset(token)
-        item.state_send = _state_send(self.table)
-        self.written[item.subject] = item
-
-    async def _state_stored(self, item: _InFlight) -> None:
-        """The state record's changelog write acknowledged. One the broker refused is written again, unless a later
-        input of the subject has written its own since: that one supersedes it (and is confirmed in its turn), and
-        writing the older record after it would put the older state last in the changelog."""
-        if item.state_send is None:
-            return
-        try:
-            await asyncio.shield(item.state_send)
-        except Exception:
-            if item.subject is not None and self.written.get(item.subject) is item:
-                self._write_state(item)
-            else:
-                item.state_send = None
-            raise  # logged by _until_done, which calls again after a pause and waits for the new write
-        item.state_send = None
+            # Faust puts a table write in the changelog partition of the current event: the input's own.
+            token = _current_event.set(weakref.ref(item.event))
+            try:
+                self.table[item.subject] = item.record
+            finally:
+                _current_event.reset(token)
+            await _confirm_state(self.table, item.subject)  # a failed state record is written again
 
     async def stop(self) -> None:
         """The agent stops: drop what is in flight, unacknowledged, so that it is delivered again."""
-        for task in (self._storer, self._acknowledger):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
         self.items.clear()
-        self.to_store.clear()
         self.unwritten.clear()
         self.latest.clear()
-        self.written.clear()

@@ -10,6 +10,7 @@ writes it again when it failed, as it does with the effects.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -17,21 +18,37 @@ from faust.types import FutureMessage
 
 
 class StateTable(faust.Table[str, Any]):
-    """`faust.Table` that keeps the changelog send of its last write (`table[key] = value`) in `last_send`, for the
-    caller to await: it resolves when the broker acknowledged the record and raises what the send raised."""
+    """`faust.Table` that keeps, per key, the changelog send of the key's last write, for `confirm`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.last_send: FutureMessage | None = None
+        self._unconfirmed: dict[Any, FutureMessage] = {}
 
     def on_key_set(self, key: Any, value: Any) -> None:
         """Faust's `Table.on_key_set`, keeping the changelog send's future."""
         fut = self.send_changelog(self.partition_for_key(key), key, value)
-        self.last_send = fut
+        self._unconfirmed[key] = fut
         partition = fut.message.partition
         assert partition is not None
         self._maybe_set_key_ttl(key, partition)
         self._sensor_on_set(self, key, value)
+
+    async def confirm(self, key: Any) -> None:
+        """Return once the broker has acknowledged the changelog record of `key`'s last write; raise what the send
+        raised when it failed (the caller writes the key again). At once when nothing is outstanding."""
+        fut = self._unconfirmed.get(key)
+        if fut is None:
+            return
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done() and self._unconfirmed.get(key) is fut:
+                del self._unconfirmed[key]
+
+    @property
+    def unconfirmed(self) -> int:
+        """Keys whose last write's changelog record is not acknowledged yet."""
+        return len(self._unconfirmed)
 
 
 def state_table(app: faust.App, name: str, partitions: int) -> StateTable:
