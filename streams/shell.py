@@ -49,7 +49,6 @@ from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 
 from streams.ordering import Place, SubjectOrder
-from streams.state_table import StateTable, state_table
 from topics import catalog
 from topics.binding import KafkaRecord, decode_event, encode_event
 from topics.codec import AvroCodec
@@ -155,7 +154,7 @@ class StreamShell:
             raise TopicError(f"processor {processor.name} reads {', '.join(s.name for s in sources)}, which have "
                              f"different partition counts ({sorted(partitions)}); declare them co-partitioned")
         # str keys, JSON values (the app's default value serializer).
-        table = state_table(self.app, f"{processor.name}-state", partitions.pop())
+        table = self.app.Table(f"{processor.name}-state", default=None, partitions=partitions.pop(), key_type=str)
         if len(sources) == 1:
             channel = self.topic(sources[0])
         else:
@@ -283,7 +282,6 @@ class StreamShell:
         await self.publish(records, letter=functools.partial(self._letter, processor, message, headers))
         if subject is not None:
             table[subject] = record
-            await _confirm_state(table, subject)
 
     def _apply(self, processor: StatefulProcessor, table: Any,
                message: Any) -> tuple[str | None, list[tuple[TopicSpec, KafkaRecord]], dict[str, Any] | None]:
@@ -444,13 +442,6 @@ class _InFlight:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-async def _confirm_state(table: Any, subject: str) -> None:
-    """Wait until the changelog record of `subject`'s state is acknowledged (a `StateTable`; other tables, as in
-    tests that pass their own, are not waited for). Raises when the broker refused it."""
-    if isinstance(table, StateTable):
-        await table.confirm(subject)
-
-
 class _StateView:
     """The table as the next input must see it: records not yet written (their effects are in flight) first."""
 
@@ -538,7 +529,6 @@ class StatefulPipeline:
                 self.table[item.subject] = item.record
             finally:
                 _current_event.reset(token)
-            await _confirm_state(self.table, item.subject)  # a failed state record is written again
 
     async def stop(self) -> None:
         """The agent stops: drop what is in flight, unacknowledged, so that it is delivered again."""
