@@ -18,6 +18,8 @@ from typing import Any
 
 import faust
 
+from infra.config import WorkerSettings
+
 log = logging.getLogger(__name__)
 #: Status of a worker that exited at its stop deadline instead of stopping cleanly.
 EXIT_STOP_DEADLINE = 1
@@ -32,10 +34,6 @@ class StopDeadline:
         self.why = why
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
-
-    @property
-    def armed(self) -> bool:
-        return self._timer is not None
 
     def arm(self) -> None:
         """Start the countdown (once: a second stop request does not extend it)."""
@@ -71,7 +69,7 @@ class Worker(faust.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = getattr(self.app, "switchboard_settings", None)
-        timeout_s = settings.workers.stop_timeout_s if settings is not None else 10.0
+        timeout_s = (settings.workers if settings is not None else WorkerSettings()).stop_timeout_s
         self.stop_deadline = StopDeadline(timeout_s, "a part of the stop did not finish; most often the broker, "
                                           "which must answer the offset commit and the group leave, is gone")
 
