@@ -45,6 +45,10 @@ e. `Stream._c_aiter()`, `Stream._py_aiter()`: a message is acknowledged when the
    makes on the way down, moved past an input whose effects were never all sent. Now the input stays uncommitted
    and comes again after the restart or rebalance.                                          -> `apply()`
 
+h. `Consumer._commit()`: a commit waits until the table changelog records sent before it are acknowledged (and
+   sends a refused one again); Faust's pre-commit flush gives up after 0.1 s and the commit moved past inputs whose
+   state was never written.                               -> `streams.changelog_acks`, `ConsumerFixes`, `apply()`
+
 g. `Recovery._wait()`: a recovery step that takes longer than `broker_request_timeout` starts the recovery again.
    Upstream reads the timeout as "the service was stopped" and ends its recovery loop: the worker stays in the group
    with its partitions paused and never consumes again (seen on CI: object storage died, the changelog's end search
@@ -75,6 +79,8 @@ from faust.types import TP, ChannelT, EventT, Message
 from mode import Service, ServiceT, shortlabel
 from mode.utils.futures import maybe_async
 from mode.utils.queues import ThrowableQueue
+
+from streams import changelog_acks
 
 FAUST_VERSION = "0.15.3"
 
@@ -107,6 +113,7 @@ def apply() -> None:
         Stream._c_aiter = _c_aiter  # type: ignore[method-assign]
     if Recovery.__dict__.get("_wait") is not _recovery_wait:
         Recovery._wait = _recovery_wait  # type: ignore[method-assign]
+    changelog_acks.install()
 
 
 def applied() -> bool:
@@ -383,6 +390,14 @@ class ConsumerFixes(faust_consumer.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._refetching = {}
         super().__init__(*args, **kwargs)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """FIX(h): commit only once the state records of the inputs being committed are acknowledged
+        (`streams.changelog_acks`); if they are not within its wait, this commit is skipped."""
+        if not await changelog_acks.acknowledged(self.app, self.app.tables.values()):
+            return False
+        # The driver's consumer class, after this mixin in the bases, implements it.
+        return bool(await super()._commit(offsets))  # type: ignore[safe-super]
 
     def _sought(self, tp: TP, offset: int) -> None:
         """A seek set the fetch position of `tp` to `offset`: the last offset read is the one before."""

@@ -101,6 +101,7 @@ async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path, monkeypatch: 
         # Everything the runs did is on the bus before their results (published in the same step): read it all.
         transitions = await _events(settings, catalog.WORKFLOW_TRANSITIONS)
         commands = await _events(settings, catalog.WORKFLOW_TASKS)
+        outcomes = await _events(settings, catalog.WORKFLOW_RESULTS)
     finally:
         stack.down()
 
@@ -111,15 +112,30 @@ async def test_workflow_runs_survive_a_worker_kill(tmp_path: Path, monkeypatch: 
           f"{len(transitions)} transitions and {len(commands)} task commands read (redelivered copies included); "
           f"{len(executions)} executions for {RUNS * len(TASKS)} tasks; {reused} command(s) delivered again were "
           "answered from object storage")
-    _check(runs, results, transitions, commands)
+    _check(runs, results, transitions, commands, outcomes, executions)
     _check_executions(runs, executions, victim.pid)
 
 
+def _story(run_id: str, transitions: list[Event], commands: list[Event], outcomes: list[Event],
+           executions: list[list[str]]) -> str:
+    """What the bus and the tally hold of one run: where an unanswered run stopped."""
+    def mine(events: list[Event]) -> list[Event]:
+        return [e for e in events if e.data["run_id"] == run_id]
+    lines = [f"run {run_id}:"]
+    lines += [f"  transition {e.data['task']} {e.data['from_state']}->{e.data['to_state']} id={e.id}"
+              for e in mine(transitions)]
+    lines += [f"  command {e.data['task']}/{e.data['attempt']} id={e.id}" for e in mine(commands)]
+    lines += [f"  result {e.data['task']}/{e.data['attempt']} {e.data['status']} id={e.id}" for e in mine(outcomes)]
+    lines += [f"  executed {key} by pid {pid}" for key, pid in executions if key.startswith(f"{run_id}/")]
+    return "\n".join(lines)
+
+
 def _check(runs: dict[str, tuple[str, int, int]], results: dict[str, list[Event]], transitions: list[Event],
-           commands: list[Event]) -> None:
+           commands: list[Event], task_results: list[Event], executions: list[list[str]]) -> None:
     """One right result per run; each task commanded once; each state change once."""
     missing = sorted(set(runs) - set(results))
-    assert not missing, f"{len(missing)} runs never answered, e.g. {missing[:3]}"
+    stories = "\n".join(_story(runs[s][0], transitions, commands, task_results, executions) for s in missing[:3])
+    assert not missing, f"{len(missing)} runs never answered, e.g. {missing[:3]}\n{stories}"
     wrong = {}
     for session, (run_id, a, b) in runs.items():
         outcomes = {e.id: json.loads(e.data["data"]) for e in results[session]}
