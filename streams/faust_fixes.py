@@ -45,14 +45,14 @@ e. `Stream._c_aiter()`, `Stream._py_aiter()`: a message is acknowledged when the
    makes on the way down, moved past an input whose effects were never all sent. Now the input stays uncommitted
    and comes again after the restart or rebalance.                                          -> `apply()`
 
-h. `Consumer._commit()`: a commit waits until the table changelog records sent before it are acknowledged (and
-   sends a refused one again); Faust's pre-commit flush gives up after 0.1 s and the commit moved past inputs whose
-   state was never written.                               -> `streams.changelog_acks`, `ConsumerFixes`, `apply()`
-
 g. `Recovery._wait()`: a recovery step that takes longer than `broker_request_timeout` starts the recovery again.
    Upstream reads the timeout as "the service was stopped" and ends its recovery loop: the worker stays in the group
    with its partitions paused and never consumes again (seen on CI: object storage died, the changelog's end search
    outlasted the timeout, and 172 acknowledged turns were never answered).                    -> `apply()`
+
+h. `Consumer._commit()`: a commit waits until the table changelog records sent before it are acknowledged (and
+   sends a refused one again); Faust's pre-commit flush gives up after 0.1 s and the commit moved past inputs whose
+   state was never written.                               -> `streams.changelog_acks`, `ConsumerFixes`, `apply()`
 
 (b) and (c) need the read offset to mean one thing: after a seek to N it is now N - 1, the last offset read, as
 after a delivery (Faust stored N there).
@@ -376,7 +376,7 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
 
 
 class ConsumerFixes(faust_consumer.Consumer):
-    """Consumer mixin with fixes (b) and (c); put it before the driver's consumer class in the bases.
+    """Consumer mixin with fixes (b), (c), (d) and (h); put it before the driver's consumer class in the bases.
 
     Also, for both: after a seek to offset N the read offset is N - 1, the offset before the new position. Faust
     stored N, so the read offset meant "last offset read" after a delivery but "next offset to read" after a seek:
