@@ -56,8 +56,7 @@ async def test_a_refused_record_is_sent_again_with_the_current_value() -> None:
     table.data["run-a"] = {"state": 2}  # written again since
     refused.set_exception(UnknownError("object storage unavailable"))
     waiting = asyncio.create_task(changelog_acks.acknowledged(app, [table], timeout_s=5))
-    while len(changelog_acks.unacked(table)) != 1 or refused in changelog_acks.unacked(table):
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # the commit's wait runs up to its first await: the second send is made by then
     (again,) = changelog_acks.unacked(table)
     assert (again.message.partition, again.message.key, again.message.value) == (2, b'"run-a"', b'{"state":2}')
     assert not waiting.done()
