@@ -57,7 +57,7 @@ def send_changelog(self: Collection, partition: int | None, key: Any, value: Any
 
 def _forget_if_acknowledged(pending: set[FutureMessage]) -> Any:
     def done(future: Any) -> None:
-        if not future.cancelled() and future.exception() is None:
+        if not _failed(future):
             pending.discard(future)
     return done
 
