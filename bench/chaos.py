@@ -9,8 +9,8 @@ and every acknowledged event must get its effect.
 Per cycle and in total it prints: events in, lost (acknowledged, never answered), duplicate effects (two distinct
 effect ids for one cause: applied twice), redelivered duplicates (the same effect id again, dropped by readers),
 state errors (the echo agent's per-session turn numbers skip or repeat), time from the kill to caught up (the
-arrival of the last effect that came more than `--late-ms` after its cause) and the effect throughput while
-catching up and after.
+arrival of the last effect, before the next cycle began, that came more than `--late-ms` after its cause) and the
+effect throughput while catching up and after.
 
     python -m bench.chaos                                  # 20 worker kills + 1 broker restart, 200 turns/s
     python -m bench.chaos --cycles 2 --rate 100            # a quick look (a couple of minutes)
@@ -118,8 +118,10 @@ def _figures(cycle: CycleFigures, load: Load, observer: Observer, late_s: float)
     sent = [s for s in load.sent.values() if start <= s.sent_at < end]
     cycle.events_in = len(sent)
     cycle.lost = sum(1 for s in sent if s.acked_at is not None and s.id not in observer.first)
+    # Only answers that arrived inside the window: an event sent just before the next kill and answered late
+    # because of it is that kill's to catch up (it counts there), not this one's.
     late_at = [observer.first[s.id] for s in load.sent.values()
-               if s.id in observer.first and s.sent_at < end and observer.first[s.id] >= start
+               if s.id in observer.first and s.sent_at < end and start <= observer.first[s.id] < end
                and observer.first[s.id] - s.sent_at > late_s]
     cycle.late = len(late_at)
     caught_at = max(late_at, default=start)

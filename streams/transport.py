@@ -11,6 +11,7 @@ waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The con
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
@@ -24,7 +25,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams import aiokafka_fixes, faust_fixes
+from streams import aiokafka_fixes, faust_fixes, predecessor
 
 DEFAULT_FETCH_MAX_WAIT_MS = 500
 # What a commit raises while the broker cannot reach its storage (Tansu on S3 with object storage down).
@@ -32,6 +33,30 @@ _STORAGE_UNAVAILABLE = (UnknownError, RequestTimedOutError, KafkaTimeoutError, K
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        """Before joining the group, remove a killed predecessor of this worker from it (`streams.predecessor`)."""
+        settings = getattr(self.app, "switchboard_settings", None)
+        if settings is not None:
+            await predecessor.remove_dead_predecessor(settings, Path(self.app.conf.datadir), self.app.conf.id)
+        await super().on_start()
+
+    async def on_thread_stop(self) -> None:
+        await super().on_thread_stop()  # stops the consumer, which leaves the group itself
+        try:
+            predecessor.forget(Path(self.app.conf.datadir))
+        except OSError as exc:
+            self.log.warning("could not remove this worker's group member record (%r)", exc)
+
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        # Recorded on every assignment: a member that was expired and rejoined has a new id.
+        member_id = self._ensure_consumer()._coordinator.member_id  # aiokafka keeps it there only
+        try:
+            predecessor.record(Path(self.app.conf.datadir), self.app.conf.id, member_id)
+        except OSError as exc:
+            self.log.warning("could not record this worker's group member id (%r); after a kill its successor "
+                             "waits for the session to expire", exc)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher; set before start.

@@ -1,0 +1,98 @@
+"""A restarted worker removes its killed predecessor from the consumer group before it joins.
+
+Why: a SIGKILLed worker stays a member of the group until its session expires (4 s on the embedded broker, 10 s
+against Kafka). A supervisor restarts it within a second or two, and its join starts a rebalance that has to wait
+for the dead member: on Tansu every member rejoined ~8 s after the kill before partitions moved (docs/bus-facts.md),
+and the dead worker's partitions were processed by nobody in between. So each worker records its member id in its
+own data directory at every assignment; at start, if the process that wrote the record is gone, it asks the
+coordinator to remove that member (LeaveGroup, `infra.bus.groups`) and the group rebalances at once.
+
+Removing is safe whatever the record says: a member id names one consumer instance, so the worst case (the
+recorded process is alive after all, say a data directory shared by mistake) is one extra rebalance for it. A
+worker whose data directory did not survive (a container without a volume) has no record and waits for the session
+to expire, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from infra.bus.groups import remove_member
+from infra.config import Settings
+
+log = logging.getLogger(__name__)
+RECORD_NAME = "group-member.json"
+REMOVE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """Which consumer-group member a worker process was last, and how to tell whether that process still runs."""
+    group: str
+    member_id: str
+    host: str
+    pid: int
+    started: float  # the process's creation time, so that a reused pid is not taken for the same process
+
+    def process_gone(self) -> bool:
+        if self.host != socket.gethostname():
+            return False  # another machine's process: its pid says nothing here
+        try:
+            return bool(abs(psutil.Process(self.pid).create_time() - self.started) > 0.01)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return True
+        except psutil.Error:
+            return False
+
+
+def record(datadir: Path, group: str, member_id: str) -> None:
+    """Remember that this process is `member_id` of `group` (written atomically; a torn record is never read)."""
+    me = psutil.Process()
+    entry = MemberRecord(group=group, member_id=member_id, host=socket.gethostname(), pid=me.pid,
+                         started=me.create_time())
+    path = datadir / RECORD_NAME
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(asdict(entry)))
+    partial.replace(path)
+
+
+def forget(datadir: Path) -> None:
+    """Drop the record after a clean stop: the consumer left the group itself, so there is nothing to remove."""
+    (datadir / RECORD_NAME).unlink(missing_ok=True)
+
+
+def read(datadir: Path) -> MemberRecord | None:
+    """The last record written in `datadir`, or None when there is none or it cannot be read."""
+    try:
+        return MemberRecord(**json.loads((datadir / RECORD_NAME).read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the unreadable group member record in %s (%s)", datadir, exc)
+        return None
+
+
+async def remove_dead_predecessor(settings: Settings, datadir: Path, group: str) -> MemberRecord | None:
+    """Remove this worker's predecessor from `group` if its process is gone. Returns the removed member's record,
+    or None when there was nothing to remove. Never raises: if removing fails, the member expires as it would have."""
+    previous = read(datadir)
+    if previous is None or previous.group != group or not previous.process_gone():
+        return None
+    try:
+        removed = await asyncio.wait_for(remove_member(settings, group, previous.member_id), REMOVE_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("could not remove the previous worker (member %s of %s) from the group (%r); the group "
+                    "rebalances when its session expires", previous.member_id, group, exc)
+        return None
+    if not removed:
+        return None  # its session had expired already
+    log.info("removed the previous worker (pid %d, no longer running; member %s) from group %s, so the group "
+             "rebalances now instead of when its session expires", previous.pid, previous.member_id, group)
+    return previous

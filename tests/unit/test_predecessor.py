@@ -1,0 +1,48 @@
+"""The worker's group member record: what a restarted worker reads to remove its killed predecessor."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from streams import predecessor
+
+
+def test_a_record_is_read_back_and_names_this_living_process(tmp_path: Path) -> None:
+    predecessor.record(tmp_path, "switchboard", "member-1")
+    mine = predecessor.read(tmp_path)
+    assert mine is not None
+    assert (mine.group, mine.member_id, mine.host) == ("switchboard", "member-1", socket.gethostname())
+    assert mine.process_gone() is False  # this process wrote it and runs
+
+
+def test_a_finished_process_or_a_reused_pid_is_gone(tmp_path: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    predecessor.record(tmp_path, "switchboard", "member-2")
+    mine = predecessor.read(tmp_path)
+    assert mine is not None
+    assert replace(mine, pid=int(child.stdout)).process_gone() is True
+    # Same pid, another start time: a new process that was given the dead one's pid (pid 1 in a container).
+    assert replace(mine, started=psutil.Process().create_time() - 60).process_gone() is True
+
+
+def test_another_hosts_process_is_never_taken_for_gone(tmp_path: Path) -> None:
+    predecessor.record(tmp_path, "switchboard", "member-3")
+    mine = predecessor.read(tmp_path)
+    assert mine is not None
+    assert replace(mine, host=mine.host + "-elsewhere", pid=2**22 + 1).process_gone() is False
+
+
+def test_no_record_an_unreadable_one_or_a_forgotten_one_reads_as_none(tmp_path: Path) -> None:
+    assert predecessor.read(tmp_path) is None
+    (tmp_path / predecessor.RECORD_NAME).write_text("{not json")
+    assert predecessor.read(tmp_path) is None
+    predecessor.record(tmp_path, "switchboard", "member-4")
+    predecessor.forget(tmp_path)
+    assert predecessor.read(tmp_path) is None
