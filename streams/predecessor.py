@@ -93,6 +93,6 @@ async def remove_dead_predecessor(settings: Settings, datadir: Path, group: str)
         return None
     if not removed:
         return None  # its session had expired already
-    log.info("removed the previous worker (pid %d, no longer running; member %s) from group %s, so the group "
-             "rebalances now instead of when its session expires", previous.pid, previous.member_id, group)
+    log.info("removed the previous worker's member %s (pid %d, no longer running) from group %s, so that the "
+             "group does not wait for its session to expire", previous.member_id, previous.pid, group)
     return previous
