@@ -15,6 +15,7 @@ from streams.bounded_stop import Worker
 from streams.directory import announce_agents
 from streams.recognisers import run_shared_caches
 from streams.shell import StreamShell
+from streams.tables import TableManager
 from topics.processor import Closing, Processor, StatefulProcessor
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         broker_commit_every=100,
         broker_commit_interval=1.0,
         Worker=Worker,  # its stop has a deadline (workers.stop_timeout_s)
+        TableManager=TableManager,  # without Faust's 1 s pause at start
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
