@@ -9,15 +9,12 @@ starts. Member ids are unique per consumer instance, so removing one can only af
 from __future__ import annotations
 
 from aiokafka.client import AIOKafkaClient, CoordinationType
-from aiokafka.errors import for_code
+from aiokafka.errors import NoError, UnknownMemberIdError, for_code
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from infra.bus.clients import aiokafka_common
 from infra.config import Settings
 from topics.errors import BusError
-
-_NONE = 0
-_UNKNOWN_MEMBER_ID = 25
 
 
 async def remove_member(settings: Settings, group_id: str, member_id: str) -> bool:
@@ -31,9 +28,9 @@ async def remove_member(settings: Settings, group_id: str, member_id: str) -> bo
         response = await client.send(coordinator, LeaveGroupRequest(group_id, member_id))
     finally:
         await client.close()
-    if response.error_code == _NONE:
+    if response.error_code == NoError.errno:
         return True
-    if response.error_code == _UNKNOWN_MEMBER_ID:
+    if response.error_code == UnknownMemberIdError.errno:
         return False
     raise BusError(f"the broker refused to remove member {member_id} from group {group_id}: "
                    f"{for_code(response.error_code).__name__}; the member stays until its session expires")
