@@ -63,6 +63,12 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000,
         description="consumer long-poll wait; default 50 embedded (Tansu is not woken by new data, and every "
                     "empty fetch lists the partition on S3), 500 external")
+    fetch_catch_up_wait_ms: int = Field(200, ge=0, le=30_000,
+        description="fetch wait a consumer behind on a partition asks for (a fetch with records to read returns "
+                    "once it has read them); Tansu on S3 returns nothing to a fetch whose wait is shorter than "
+                    "its listing of the partition (infra/bus/fetch_wait.py)")
+    fetch_catch_up_max_wait_ms: int = Field(3_200, ge=0, le=30_000,
+        description="the catch-up wait doubles, up to this, while a consumer behind gets nothing")
     session_timeout_ms: int | None = Field(None, ge=1000,
         description="a worker silent this long is considered dead and its partitions move; default 4000 "
                     "embedded (Tansu keeps a dead member, even as group leader, until this expires, and each "
