@@ -120,6 +120,9 @@ class KafkaSettings(_Section):
             raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
         if self.effective_session_timeout_ms > self.request_timeout_ms:
             raise ValueError("session_timeout_ms cannot exceed request_timeout_ms")
+        if self.fetch_catch_up_max_wait_ms + 1_000 > self.request_timeout_ms:
+            raise ValueError("fetch_catch_up_max_wait_ms must be at least 1000 below request_timeout_ms: a fetch "
+                             "that waits longer than the client's request timeout fails")
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path is not None and not path.is_file():

@@ -80,6 +80,9 @@ async def test_a_consumer_behind_reads_on_although_a_short_fetch_wait_starves_on
             # At the end, a new record still arrives: the short wait first, the catch-up wait once it is behind.
             await (await producer.send(spec.name, b"y", partition=0))
             assert await _read(reader, tp, 1, timeout_s=30) == 1
+            # And at the end the fetches ask for the short wait again (a long one would delay each new record).
+            assert await _read(reader, tp, 1, timeout_s=1) == 0
+            assert reader._fetcher._switchboard_fetch_wait.last_wait_ms == SHORT_WAIT_MS
         finally:
             await reader.stop()
     finally:

@@ -125,6 +125,8 @@ def test_precedence_keyword_over_environment_over_file(tmp_path: Path, monkeypat
          "sasl_password"),
         ({"SWITCHBOARD_KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol (env SWITCHBOARD_KAFKA__SECURITY"),
         ({"SWITCHBOARD_KAFKA__HEARTBEAT_INTERVAL_MS": "20000"}, "heartbeat_interval_ms must be smaller"),
+        ({"SWITCHBOARD_KAFKA__FETCH_CATCH_UP_MAX_WAIT_MS": "29500"},
+         "fetch_catch_up_max_wait_ms must be at least 1000 below request_timeout_ms"),
         ({"SWITCHBOARD_KAFKA__SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile: no such file /nonexistent/ca.pem"),
         ({"SWITCHBOARD_EMBEDDED__S3_PORT": "19333"}, "embedded ports must all differ"),
         ({"SWITCHBOARD_WORKERS__COUNT": "-1"}, "workers.count (env SWITCHBOARD_WORKERS__COUNT)"),
