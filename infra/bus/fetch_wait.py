@@ -11,8 +11,10 @@ So the wait depends on where the consumer is. A fetch for partitions that are al
 configured wait (`kafka.fetch_max_wait_ms`, short). A fetch that includes a partition behind its high watermark
 asks for the catch-up wait (`kafka.fetch_catch_up_wait_ms`): a fetch that finds records returns as soon as it has
 read them, so the longer wait costs nothing there. When a fetch is answered and a partition behind got nothing
-from it (starved), the catch-up wait doubles, up to `kafka.fetch_catch_up_max_wait_ms`, and after 10 s without
-starving it halves again; a fetch that failed (broker restarting, object storage down) is not counted. A partition
+from it (starved), the catch-up wait doubles, up to `kafka.fetch_catch_up_max_wait_ms`; a fetch that failed (broker
+restarting, object storage down) is not counted. The wait is not lowered again: a listing only grows with its
+partition, and a fetch with records returns once it has read them, so a wait longer than needed costs nothing
+there, while one too short wastes a listing on every fetch (easing it every 10 s made a loaded stack worse). A partition
 that still gets nothing at the longest wait is a hole (docs/bus-facts.md: Tansu can advance a high watermark past a
 batch it failed to store): it stops counting as behind until its high watermark moves or 30 s pass, so it cannot
 make every later fetch wait long.
@@ -36,7 +38,6 @@ from aiokafka.structs import TopicPartition
 AIOKAFKA_VERSIONS = ("0.14.",)
 STUCK_AFTER = 3  # answered fetches in a row with nothing, at the longest wait, before a partition counts as a hole
 HOLE_RETRY_S = 30.0  # a hole is tried at the longest wait again after this, in case it was only very slow
-EASE_AFTER_S = 10.0  # the catch-up wait halves (down to its start) after this long without a starved fetch
 
 
 class PartitionView(NamedTuple):
@@ -66,7 +67,6 @@ class FetchWaitPolicy:
     _behind: dict[TopicPartition, _Behind] = field(default_factory=dict, init=False, repr=False)
     _starved_at_max: dict[TopicPartition, int] = field(default_factory=dict, init=False, repr=False)
     _holes: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
-    _last_starved: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.catch_up_ms = max(self.catch_up_ms, self.base_ms)
@@ -93,7 +93,6 @@ class FetchWaitPolicy:
                    if (seen := self._behind.get(tp)) is not None and seen.position == view.position
                    and view.answered_at is not None and view.answered_at != seen.answered_at]
         if starved:
-            self._last_starved = now
             if self.wait_ms >= self.max_ms:
                 for tp in starved:
                     self._starved_at_max[tp] = self._starved_at_max.get(tp, 0) + 1
@@ -104,9 +103,6 @@ class FetchWaitPolicy:
                         self._forget(tp)
                         del behind[tp]
             self.wait_ms = min(self.max_ms, self.wait_ms * 2)
-        elif self.wait_ms > self.catch_up_ms and now - self._last_starved >= EASE_AFTER_S:
-            self.wait_ms = max(self.catch_up_ms, self.wait_ms // 2)
-            self._last_starved = now
         for tp, view in behind.items():
             if tp not in starved:
                 self._starved_at_max.pop(tp, None)
