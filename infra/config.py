@@ -63,6 +63,12 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int | None = Field(None, ge=0, le=30_000,
         description="consumer long-poll wait; default 50 embedded (Tansu is not woken by new data, and every "
                     "empty fetch lists the partition on S3), 500 external")
+    fetch_catch_up_wait_ms: int = Field(200, ge=0, le=30_000,
+        description="fetch wait a consumer behind on a partition asks for (a fetch with records to read returns "
+                    "once it has read them); Tansu on S3 returns nothing to a fetch whose wait is shorter than "
+                    "its listing of the partition (infra/bus/fetch_wait.py)")
+    fetch_catch_up_max_wait_ms: int = Field(3_200, ge=0, le=30_000,
+        description="the catch-up wait doubles, up to this, while a consumer behind gets nothing")
     session_timeout_ms: int | None = Field(None, ge=1000,
         description="a worker silent this long is considered dead and its partitions move; default 4000 "
                     "embedded (Tansu keeps a dead member, even as group leader, until this expires, and each "
@@ -114,6 +120,9 @@ class KafkaSettings(_Section):
             raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
         if self.effective_session_timeout_ms > self.request_timeout_ms:
             raise ValueError("session_timeout_ms cannot exceed request_timeout_ms")
+        if self.fetch_catch_up_max_wait_ms + 1_000 > self.request_timeout_ms:
+            raise ValueError("fetch_catch_up_max_wait_ms must be at least 1000 below request_timeout_ms: a fetch "
+                             "that waits longer than the client's request timeout fails")
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -213,6 +222,10 @@ class WorkerSettings(_Section):
         "runs) whose effects may await the broker's acknowledgement at once; each input is still acknowledged, and "
         "its state written, only after its own effects, in input order, and one subject's inputs never overlap. "
         "1: one input at a time")
+    standby_replicas: int | None = Field(None, ge=0, le=8, description="other workers that keep a standby copy "
+        "of each table partition, read from its changelog as it is written, so that a partition moving to them "
+        "after a kill is ready sooner; default 0 embedded (on Tansu every fetch that brings a standby's records "
+        "lists its partition on S3, which slowed catch-up after a kill as partitions grew), 1 external")
     stop_timeout_s: float = Field(10.0, gt=0, le=3600, description="how long a worker's clean stop (committing "
         "offsets, leaving the group) may take after SIGTERM or SIGINT before it exits anyway with status 1; "
         "nothing is lost, the inputs since the last commit are redelivered. Keep it below what stops it with "
@@ -318,6 +331,15 @@ class Settings(BaseSettings):
     bridge: BridgeSettings = BridgeSettings()
     serving: ServingSettings = ServingSettings()
     workflows: WorkflowSettings = WorkflowSettings()
+
+    @property
+    def standby_replicas(self) -> int:
+        """Table standby replicas per partition (`workers.standby_replicas`, else by where the bus is)."""
+        if self.workers.standby_replicas is not None:
+            return self.workers.standby_replicas
+        # Measured on Tansu 0.6.0 over S3 (docs/bus-facts.md): chaos at 50 turns/s, 8 kills, catch-up grew from 6 s
+        # to 17-20 s with a standby, stayed at 4.7-6.5 s without. Kafka Streams' default is 0 too.
+        return 0 if self.kafka.embedded else 1
 
     @property
     def bootstrap_servers(self) -> str:

@@ -112,6 +112,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         # acknowledged changelog records late); that is not an inconsistency, so recover from the local offset
         # rather than refuse to start. The ends themselves come from streams.recovery_ends.
         recovery_consistency_check=False,
+        table_standby_replicas=settings.standby_replicas,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         Worker=Worker,  # its stop has a deadline (workers.stop_timeout_s)

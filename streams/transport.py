@@ -4,7 +4,8 @@ commits that survive a broker whose storage is briefly unavailable.
 faust-streaming 0.15.3 hard-codes `fetch_max_wait_ms=1500` for worker consumers. On Tansu, which does not wake a
 waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The consumer also carries the fixes in
 `streams.faust_fixes` (lost input messages when a rebalance meets a Table's recovery) and `streams.aiokafka_fixes`
-(no heartbeat while the rebalance callback runs, so a slow callback got the member thrown out). Registered as the
+(no heartbeat while the rebalance callback runs, so a slow callback got the member thrown out), and asks for a
+longer fetch wait while it is behind (`infra.bus.fetch_wait`: Tansu on S3 starves a short one). Registered as the
 `switchboard://` broker scheme through the `faust.transports` entry point.
 """
 
@@ -25,6 +26,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from infra.bus import fetch_wait
 from streams import aiokafka_fixes, faust_fixes, predecessor
 
 DEFAULT_FETCH_MAX_WAIT_MS = 500
@@ -37,6 +39,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         """Before joining the group, remove a killed predecessor of this worker from it (`streams.predecessor`)."""
         settings = getattr(self.app, "switchboard_settings", None)
         if settings is not None:
+            # Before the consumer starts: its fetcher takes the limits when it first fetches.
+            fetch_wait.install(settings.kafka.fetch_catch_up_wait_ms, settings.kafka.fetch_catch_up_max_wait_ms)
             await predecessor.remove_dead_predecessor(settings, Path(self.app.conf.datadir), self.app.conf.id)
         await super().on_start()
 

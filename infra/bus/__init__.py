@@ -1,4 +1,5 @@
-"""Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end."""
+"""Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end, and a
+fetch wait that a consumer behind raises (`fetch_wait`)."""
 
 from infra.bus.admin import TopicOutcome, ensure_topics, existing_topics
 from infra.bus.clients import aiokafka_common, confluent_config, consumer, producer

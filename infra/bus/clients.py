@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from infra.bus import fetch_wait
 from infra.config import Settings
 
 
@@ -49,7 +50,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 
 
 def consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> AIOKafkaConsumer:
-    """A consumer with the configured fetch wait and group timeouts; offsets are committed by the caller."""
+    """A consumer with the configured fetch waits and group timeouts; offsets are committed by the caller."""
     kafka = settings.kafka
     options: dict[str, Any] = {
         **aiokafka_common(settings),
@@ -62,6 +63,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **ov
         "rebalance_timeout_ms": kafka.effective_rebalance_timeout_ms,
     }
     options.update(overrides)
+    fetch_wait.install(kafka.fetch_catch_up_wait_ms, kafka.fetch_catch_up_max_wait_ms)
     return AIOKafkaConsumer(*topics, **options)
 
 

@@ -49,7 +49,9 @@ _JUMP_MIN = 500  # records; below this, reading on is cheaper than a seek and a 
 
 
 def _quiet_ms(settings: Settings) -> int:
-    # Long enough for one fetch round trip including the broker's long-poll wait.
+    # Long enough for one fetch round trip at the end of a partition, including the broker's long-poll wait. A
+    # consumer behind asks for longer waits (infra.bus.fetch_wait); ends do not depend on this window when the
+    # broker sends high watermarks, and an empty getmany only means "ask again".
     return settings.kafka.effective_fetch_max_wait_ms + 300
 
 

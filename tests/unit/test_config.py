@@ -21,6 +21,7 @@ def test_defaults_are_embedded_everywhere() -> None:
     assert settings.mqtt_address == ("127.0.0.1", 11883)
     assert settings.kafka.effective_fetch_max_wait_ms == 50
     assert settings.kafka.effective_rebalance_timeout_ms == 3000
+    assert settings.standby_replicas == 0  # each standby costs every fetch an S3 listing on Tansu
     assert settings.data_dir == default_data_dir()
     assert settings.data_dir.name == "switchboard"
 
@@ -47,6 +48,7 @@ def test_environment_configures_external_services(monkeypatch: pytest.MonkeyPatc
     assert settings.mqtt_address == ("mosquitto", 8883)
     assert settings.kafka.effective_fetch_max_wait_ms == 500  # a real broker answers as data arrives
     assert settings.kafka.effective_rebalance_timeout_ms == 60_000
+    assert settings.standby_replicas == 1
 
 
 def test_each_part_is_external_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,9 +61,11 @@ def test_each_part_is_external_on_its_own(monkeypatch: pytest.MonkeyPatch) -> No
 def test_explicit_latency_knobs_win_over_the_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWITCHBOARD_KAFKA__FETCH_MAX_WAIT_MS", "0")
     monkeypatch.setenv("SWITCHBOARD_KAFKA__REBALANCE_TIMEOUT_MS", "4000")
+    monkeypatch.setenv("SWITCHBOARD_WORKERS__STANDBY_REPLICAS", "1")
     settings = load_settings()
     assert settings.kafka.effective_fetch_max_wait_ms == 0
     assert settings.kafka.effective_rebalance_timeout_ms == 4000
+    assert settings.standby_replicas == 1
 
 
 # -- files and precedence ----------------------------------------------------------------------------------------
@@ -121,6 +125,8 @@ def test_precedence_keyword_over_environment_over_file(tmp_path: Path, monkeypat
          "sasl_password"),
         ({"SWITCHBOARD_KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol (env SWITCHBOARD_KAFKA__SECURITY"),
         ({"SWITCHBOARD_KAFKA__HEARTBEAT_INTERVAL_MS": "20000"}, "heartbeat_interval_ms must be smaller"),
+        ({"SWITCHBOARD_KAFKA__FETCH_CATCH_UP_MAX_WAIT_MS": "29500"},
+         "fetch_catch_up_max_wait_ms must be at least 1000 below request_timeout_ms"),
         ({"SWITCHBOARD_KAFKA__SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile: no such file /nonexistent/ca.pem"),
         ({"SWITCHBOARD_EMBEDDED__S3_PORT": "19333"}, "embedded ports must all differ"),
         ({"SWITCHBOARD_WORKERS__COUNT": "-1"}, "workers.count (env SWITCHBOARD_WORKERS__COUNT)"),

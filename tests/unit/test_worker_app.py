@@ -26,3 +26,10 @@ def test_a_worker_app_uses_the_table_manager_without_the_start_pause(tmp_path: P
     assert [line for line in faust_lines if line not in ('"""Call when table manager is starting."""',
                                                          "await self.sleep(1.0)")] == \
         [line for line in our_lines if not line.startswith("#")]
+
+
+def test_a_worker_app_keeps_the_configured_standby_replicas(tmp_path: Path) -> None:
+    embedded = create_app(load_settings(data_dir=tmp_path), [EchoAgent()])
+    assert embedded.conf.table_standby_replicas == 0
+    chosen = create_app(load_settings(data_dir=tmp_path, workers={"standby_replicas": 2}), [EchoAgent()])
+    assert chosen.conf.table_standby_replicas == 2
