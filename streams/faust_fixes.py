@@ -54,8 +54,31 @@ h. `Consumer._commit()`: a commit waits until the table changelog records sent b
    sends a refused one again); Faust's pre-commit flush gives up after 0.1 s and the commit moved past inputs whose
    state was never written.                               -> `streams.changelog_acks`, `ConsumerFixes`, `apply()`
 
-(b) and (c) need the read offset to mean one thing: after a seek to N it is now N - 1, the last offset read, as
-after a delivery (Faust stored N there).
+i. The seek after a rebalance, and the stream buffers. Faust resumes the flow before it seeks the stream partitions
+   to their committed offsets (recovery needs the flow for the changelogs), so records arrive around the seek:
+   - `Consumer.perform_seek()` asked for the committed offsets one partition at a time (aiokafka's
+     `seek_to_committed()`, 1.4 s for a worker's 40 partitions on Tansu) and moved each position as its offset came,
+     but set the read offsets only at the end. Records fetched from the new positions were delivered meanwhile, and
+     the late read offsets made them look unread (refetched), or made the refetch look already read (dropped as
+     "DROPPED MESSAGE ROFF", never processed);
+   - records fetched from a partition's position before its first seek after the assignment were delivered as if
+     in order (no read offset yet, so no gap check), and the seek then fetched the skipped ones again behind them:
+     an input applied after a later one of its subject is skipped as already applied;
+   - `FlowControlEvent.resume()` empties every stream buffer, and recovery calls it again after the seek, when
+     the flow is already running: records delivered since the seek, not yet taken by an agent, were thrown away
+     and never fetched again (the tests saw workflow runs never started, their requests' offsets never committed
+     while their partition sat idle);
+   - `Consumer._new_offset()` committed the first run of consecutive acknowledged offsets wherever it started, so
+     the commit moved past unprocessed offsets in front of it (its check lets one offset through, and none when
+     nothing was committed yet).
+   Fixed: the committed offsets come in one request; the read offsets are set, and the records of the sought
+   partitions still waiting in stream buffers are dropped, before the positions move; a record of a partition that
+   has not been sought since its assignment is not delivered (the seek fetches it again); `resume()` empties the
+   buffers only when the flow was suspended; a commit starts at the committed offset or waits.
+                                                                                    -> `ConsumerFixes`, `apply()`
+
+(b), (c) and (i) need the read offset to mean one thing: after a seek to N it is now N - 1, the last offset read, as
+after a delivery (Faust stored N there), set before the position moves.
 
 `ConsumerFixes` is a mixin for a Faust consumer class (Switchboard's `switchboard://` transport uses it, see
 `streams.transport`); `apply()` patches the stream iterator and checks the Faust version, and is idempotent.
@@ -75,10 +98,11 @@ from faust.exceptions import Skip
 from faust.streams import Stream, _current_event
 from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
 from faust.transport import consumer as faust_consumer
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP, ChannelT, EventT, Message
 from mode import Service, ServiceT, shortlabel
 from mode.utils.futures import maybe_async
-from mode.utils.queues import ThrowableQueue
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from streams import changelog_acks
 
@@ -113,12 +137,29 @@ def apply() -> None:
         Stream._c_aiter = _c_aiter  # type: ignore[method-assign]
     if Recovery.__dict__.get("_wait") is not _recovery_wait:
         Recovery._wait = _recovery_wait  # type: ignore[method-assign]
+    if FlowControlEvent.__dict__.get("resume") is not _flow_resume:
+        FlowControlEvent.resume = _flow_resume  # type: ignore[method-assign]
     changelog_acks.install()
 
 
 def applied() -> bool:
     """True when `apply()` has run in this process."""
     return Stream.__dict__.get("_py_aiter") is _py_aiter
+
+
+# --- (i) ----------------------------------------------------------------------------------------------------------
+def _flow_resume(self: FlowControlEvent) -> None:
+    """`FlowControlEvent.resume`, emptying the managed buffers only when the flow was suspended (FIX(i)).
+
+    Emptying them drops what was buffered under the suspended flow, which the seek after the rebalance fetches
+    again. Recovery calls this again after that seek, with the flow running: what it emptied then had been fetched
+    after the seek, and was never fetched again.
+    """
+    was_suspended = self._suspend.is_set()
+    self._suspend.clear()
+    self._resume.set()
+    if was_suspended:
+        self.clear()
 
 
 # --- (g) ----------------------------------------------------------------------------------------------------------
@@ -376,7 +417,8 @@ async def _py_aiter(self: Stream[Any]) -> AsyncIterator[Any]:  # noqa: PLR0915 (
 
 
 class ConsumerFixes(faust_consumer.Consumer):
-    """Consumer mixin with fixes (b), (c), (d) and (h); put it before the driver's consumer class in the bases.
+    """Consumer mixin with fixes (b), (c), (d), (h) and (i); put it before Faust's aiokafka consumer class in the
+    bases (it seeks through that driver's consumer thread).
 
     Also, for both: after a seek to offset N the read offset is N - 1, the offset before the new position. Faust
     stored N, so the read offset meant "last offset read" after a delivery but "next offset to read" after a seek:
@@ -386,10 +428,19 @@ class ConsumerFixes(faust_consumer.Consumer):
 
     #: Per partition: the offset jump (first missing, first offset after the hole) that `_add_gap` last fetched again.
     _refetching: dict[TP, tuple[int, int]]
+    #: FIX(i): assigned partitions not sought since their assignment; their records are not delivered.
+    _unpositioned: set[TP]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._refetching = {}
+        self._unpositioned = set()
         super().__init__(*args, **kwargs)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """FIX(i): until `perform_seek()` has set their positions, the new partitions' records are not delivered."""
+        self._unpositioned.clear()  # the same set: `_drain_messages` holds it
+        self._unpositioned.update(tp for tp in assigned if self.app.topics.acks_enabled_for(tp.topic))
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         """FIX(h): commit only once the state records of the inputs being committed are acknowledged
@@ -400,20 +451,62 @@ class ConsumerFixes(faust_consumer.Consumer):
         return bool(await super()._commit(offsets))  # type: ignore[safe-super]
 
     def _sought(self, tp: TP, offset: int) -> None:
-        """A seek set the fetch position of `tp` to `offset`: the last offset read is the one before."""
+        """A seek is about to set the fetch position of `tp` to `offset`: the last offset read is the one before.
+
+        FIX(i): set before the position moves. Set after, it undid the deliveries made from the new position in
+        between. Set before, a record still arriving from the old position is either before it (dropped as read)
+        or after it (a jump, fetched again by (c)).
+        """
         self._read_offset[tp] = offset - 1
 
     async def seek(self, partition: TP, offset: int) -> None:
         """Seek partition to specific offset."""
-        await super().seek(partition, offset)
         self._sought(faust_consumer.ensure_TP(partition), offset)
+        await self._seek(partition, offset)  # upstream's `seek` then stores the read offset again, after the move
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        """Seek partitions to specific offsets and wait."""
-        # The driver's consumer class, after this mixin in the bases, implements it.
-        await super().seek_wait(partitions)  # type: ignore[safe-super]
+        """Seek partitions to specific offsets and wait until the positions are set."""
         for tp, offset in partitions.items():
             self._sought(faust_consumer.ensure_TP(tp), offset)
+        # Not the driver's `seek_wait`: its consumer-thread half stores the read offsets (as N) after the move.
+        thread = cast(Any, self)._thread
+        await thread.call_thread(self._seek_positions, thread, dict(partitions))
+
+    async def _seek_positions(self, thread: Any, partitions: Mapping[TP, int]) -> None:
+        """In the consumer thread: move the positions and wait until they are set."""
+        consumer = thread._ensure_consumer()
+        for tp, offset in partitions.items():
+            consumer.seek(ensure_aiokafka_TP(tp), offset)
+        await asyncio.wait_for(
+            asyncio.gather(*(consumer.position(ensure_aiokafka_TP(tp)) for tp in partitions)),
+            timeout=self.app.conf.broker_request_timeout)
+
+    async def _committed_offsets(self, partitions: set[TP]) -> dict[TP, int | None]:
+        """The group's committed offsets of `partitions`, in one request (None: nothing committed)."""
+        thread = cast(Any, self)._thread
+
+        async def fetch() -> dict[TP, int | None]:
+            consumer = thread._ensure_consumer()
+            found = await consumer._coordinator.fetch_committed_offsets([ensure_aiokafka_TP(tp) for tp in partitions])
+            offsets = {faust_consumer.ensure_TP(tp): meta.offset for tp, meta in found.items()}
+            return {tp: offsets.get(tp) for tp in partitions}
+
+        return cast(dict[TP, "int | None"], await thread.call_thread(fetch))
+
+    def _purge_buffered(self, partitions: set[TP]) -> None:
+        """FIX(i): drop the records of `partitions` that wait in stream buffers, not yet taken by an agent: the seek
+        about to be made fetches them again, and behind them they would be taken out of order."""
+        for managed in list(self.app.flow_control._queues):
+            queue: Any = managed  # an asyncio.Queue: its buffer and waiting putters are private
+            items = queue._queue
+            keep = [item for item in items
+                    if getattr(getattr(item, "message", None), "tp", None) not in partitions]
+            removed = len(items) - len(keep)
+            if removed:
+                items.clear()
+                items.extend(keep)
+                for _ in range(removed):
+                    queue._wakeup_next(queue._putters)
 
     async def perform_seek(self) -> None:
         """Seek all partitions to their current committed position.
@@ -430,32 +523,30 @@ class ConsumerFixes(faust_consumer.Consumer):
         there (at worst it reads again what was processed and not committed). Only for stream topics (acking
         ones): changelogs are not committed and their positions belong to the table recovery. Under "latest"
         there is no such position, and the behaviour is unchanged.
+
+        FIX(i): the committed offsets come in one request, and the read offsets, committed offsets and stream
+        buffers are set for every partition before any position moves (see the module docstring).
         """
-        committed_offsets = await self.seek_to_committed()
-        from_start: dict[TP, int] = {}
-        for partition, offset in committed_offsets.items():
-            tp = faust_consumer.ensure_TP(partition)
+        assigned = {faust_consumer.ensure_TP(tp) for tp in self.assignment()}
+        if not assigned:
+            return
+        committed_offsets = await self._committed_offsets(assigned)
+        positions: dict[TP, int] = {}
+        for tp, offset in committed_offsets.items():
             self._refetching.pop(tp, None)
-            # aiokafka's seek_to_committed() moves the position only to a committed offset > 0.
             if offset is not None and offset > 0:
-                self._sought(tp, offset)
+                positions[tp] = offset
             elif self.app.topics.acks_enabled_for(tp.topic) and (
                 offset == 0 or self.app.conf.consumer_auto_offset_reset == "earliest"
             ):
-                from_start[tp] = 0  # FIX(d)
+                positions[tp] = 0  # FIX(d); seeking to 0 starts at the beginning where the log has been truncated too
             else:
                 self._read_offset[tp] = None
-        if from_start:
-            # FIX(d): seeking to 0 starts at the beginning where the log has been truncated too (offset out of
-            # range, reset to earliest).
-            await self._seek_each_assigned(from_start)
-        self._committed_offset.update(
-            {
-                faust_consumer.ensure_TP(tp): offset if offset else None
-                for tp, offset in committed_offsets.items()
-                if offset is not None
-            }
-        )
+        # FIX(i): before the positions move.
+        self._purge_buffered(set(positions))
+        self._committed_offset.update(positions)
+        self._unpositioned.difference_update(committed_offsets)
+        await self._seek_each_assigned(positions)
 
     async def _seek_each_assigned(self, positions: Mapping[TP, int]) -> None:
         """`seek_wait(positions)` for the partitions still assigned; one that is not (the assignment changed while
@@ -489,6 +580,24 @@ class ConsumerFixes(faust_consumer.Consumer):
                     return True
         return False
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """FIX(i): the offset to commit, only if the acknowledged offsets start at the committed one.
+
+        Upstream commits the first run of consecutive acknowledged offsets wherever it starts: a run starting after
+        the committed offset moved the commit past offsets that were never processed.
+        """
+        committed = self._committed_offset[tp]
+        acked = self._acked[tp]
+        if acked and committed is not None and not self._offsets_may_skip(tp):
+            first = min(acked)
+            gaps = self._gap[tp]
+            if gaps:
+                first = min(first, *(interval.begin for interval in gaps))
+            if first > committed:
+                return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """On a jump in offsets in a plain topic, fetch the missing offsets again instead of committing past them.
 
@@ -505,9 +614,19 @@ class ConsumerFixes(faust_consumer.Consumer):
         refetch is real (a topic compacted, or written transactionally, without Faust knowing): it is recorded as a
         gap as before, after one extra fetch, so the consumer cannot loop.
         """
-        if self._offsets_may_skip(tp) or self._refetching.get(tp) == (offset_from, offset_to):
-            self._refetching.pop(tp, None)
+        if self._offsets_may_skip(tp):
             await super()._add_gap(tp, offset_from, offset_to)
+            return
+        if self._refetching.get(tp) == (offset_from, offset_to):
+            # A hole that is still there: the offsets before `offset_to`, not `offset_to` itself (it has arrived and is
+            # being delivered), and from the committed offset on (upstream's `committed + 1` left that one out).
+            self._refetching.pop(tp, None)
+            committed = self._committed_offset[tp]
+            start = offset_from if committed is None else max(offset_from, committed)
+            if start < offset_to:
+                self.log.warning("Offsets %r..%r of %r are missing on the broker; committing past them",
+                                 start, offset_to - 1, tp)
+                self._gap[tp].addi(start, offset_to)
             return
         self._refetching[tp] = (offset_from, offset_to)
         self.log.info("Offsets %r..%r of %r were skipped: fetching them again", offset_from, offset_to - 1, tp)
@@ -546,6 +665,7 @@ class ConsumerFixes(faust_consumer.Consumer):
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         refetching = self._refetching  # FIX(c)
+        unpositioned = self._unpositioned  # FIX(i)
         flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
@@ -579,7 +699,7 @@ class ConsumerFixes(faust_consumer.Consumer):
                             await sleep(0)
                             num_since_yield = 0
 
-                        if tp in refetch:  # FIX(c)
+                        if tp in refetch or tp in unpositioned:  # FIX(c), FIX(i): fetched again after a seek
                             continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
