@@ -236,6 +236,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 2:
         parser.error("--workers must be at least 2 (one is killed while another carries on)")
+    if args.data_dir is not None and args.data_dir.is_dir() and any(args.data_dir.iterdir()):
+        # Seen: a reused directory gave "state errors" (the sessions' turn numbers went on from an earlier run) and
+        # slower catch-up (on Tansu a fetch lists every batch of the partitions the earlier run grew).
+        parser.error(f"--data-dir {args.data_dir} is not empty: the figures count every event and each session's "
+                     "turns from an empty bus, and a bus left by an earlier run makes them wrong; remove it or "
+                     "name a new directory")
     return args
 
 

@@ -4,6 +4,9 @@ a wrong answer counted by `python -m bench.dialogue_turns` is the bus's doing, n
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import pytest
 
 from agents.dialogue.stories import Expected, Story, StoryStep, run_offline
 from bench.dialogue_turns import CONVERSATION, customer_service_turn, echo_turn
@@ -66,3 +69,17 @@ def test_a_benchmark_stopped_by_sigterm_runs_its_cleanup() -> None:
         run_stopping_on_sigterm(bench())
     assert stopped.value.code == 128 + signal.SIGTERM
     assert cleaned == ["stack stopped"]
+
+
+def test_the_chaos_benchmark_refuses_a_data_dir_an_earlier_run_left(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Its figures count from an empty bus: a reused directory showed state errors that were only the earlier
+    run's turns."""
+    from bench.chaos import parse_args
+
+    assert parse_args(["--data-dir", str(tmp_path / "new")]).data_dir == tmp_path / "new"
+    assert parse_args(["--data-dir", str(tmp_path)]).data_dir == tmp_path  # empty
+    (tmp_path / "tansu").mkdir()
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", str(tmp_path)])
+    assert "is not empty" in capsys.readouterr().err
