@@ -1,10 +1,11 @@
 """Chaos benchmark: kill a random worker again and again under load, and count what that costs.
 
 A throwaway embedded stack (SeaweedFS, Tansu on its S3, `--workers` Faust workers, free ports) takes a steady load
-(`--rate` events/s). Each cycle SIGKILLs one worker at random, restarts it at once (as a supervisor would), and
-waits until every event sent more than `--late-ms` ago has its effect again, then measures `--steady-s` more
-seconds of normal running. One more cycle SIGKILLs the broker and restarts it on its S3 log. Then the load stops
-and every acknowledged event must get its effect.
+(`--rate` events/s). Each cycle SIGKILLs one worker at random; the stack's supervisor starts it again (with
+`--restart-delay-s`, the benchmark does, after that delay, and the supervisor is off); the cycle then waits until
+every event sent more than `--late-ms` ago has its effect again, then measures `--steady-s` more seconds of normal
+running. One more cycle SIGKILLs the broker, which comes back on its S3 log. Then the load stops and every
+acknowledged event must get its effect.
 
 Per cycle and in total it prints: events in, lost (acknowledged, never answered), duplicate effects (two distinct
 effect ids for one cause: applied twice), redelivered duplicates (the same effect id again, dropped by readers),
@@ -42,6 +43,7 @@ import psutil
 from bench.loads import DialogueLoad, Load, Observer, Producer, WorkflowLoad, run_stopping_on_sigterm, until
 from infra.config import Settings
 from infra.embedded import EmbeddedStack
+from infra.embedded.components import plan
 from infra.testing import embedded_settings
 
 LOADS: dict[str, Callable[[], Load]] = {"dialogue": DialogueLoad, "workflow": WorkflowLoad}
@@ -142,14 +144,38 @@ def _figures(cycle: CycleFigures, load: Load, observer: Observer, late_s: float)
             ids.add(effect.id)
 
 
+async def _restarted(stack: EmbeddedStack, name: str, dead_pid: int, timeout_s: float) -> None:
+    """Until the supervisor's restart of `name` runs and answers its readiness check."""
+    component = next(c for c in plan(stack.settings) if c.name == name)
+
+    async def answering() -> bool:
+        record = next((r for r in stack.records() if r.name == name), None)
+        if record is None or record.pid == dead_pid or not record.alive:
+            return False
+        try:
+            await component.ready()
+            return True
+        except Exception:  # still starting: each check raises its client's own error meanwhile
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while not await answering():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the supervisor did not start {name} again within {timeout_s:.0f}s")
+        await asyncio.sleep(0.05)
+
+
 async def _cycle(number: int, name: str, stack: EmbeddedStack, observer: Observer, args: argparse.Namespace,
                  progress: Callable[[str], None]) -> CycleFigures:
     record = next(r for r in stack.records() if r.name == name)
     await _kill(record.pid)
     cycle = CycleFigures(number, name, time.monotonic())
-    if args.restart_delay_s:
-        await asyncio.sleep(args.restart_delay_s)
-    await stack.up()
+    if stack.settings.embedded.supervise:
+        await _restarted(stack, name, record.pid, args.cycle_timeout_s)
+    else:
+        if args.restart_delay_s:
+            await asyncio.sleep(args.restart_delay_s)
+        await stack.up()
     cycle.restart_s = time.monotonic() - cycle.killed_at
     late_s = args.late_ms / 1000
     caught = await until(lambda: observer.unanswered(time.monotonic() - late_s) == 0, args.cycle_timeout_s)
@@ -167,7 +193,8 @@ async def run(args: argparse.Namespace, progress: Callable[[str], None] = print)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="switchboard-chaos-") as tmp:
         data_dir = args.data_dir or Path(tmp)
-        settings: Settings = embedded_settings(data_dir, workers={"count": args.workers, **load.workers})
+        settings: Settings = embedded_settings(data_dir, workers={"count": args.workers, **load.workers},
+                                               embedded={"supervise": not args.restart_delay_s})
         stack = EmbeddedStack(settings)
         try:
             progress(f"starting the embedded stack with {args.workers} workers (data in {data_dir})")
@@ -227,7 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steady-s", type=float, default=5.0,
                         help="normal running measured after each catch-up (default 5)")
     parser.add_argument("--restart-delay-s", type=float, default=0.0,
-                        help="wait this long before restarting a killed process (default 0)")
+                        help="restart a killed process from the benchmark, after this long, with the stack's "
+                             "supervisor off (default 0: the supervisor restarts it at once)")
     parser.add_argument("--cycle-timeout-s", type=float, default=120.0, help="give up catching up after this")
     parser.add_argument("--seed", type=int, default=None, help="seed for the choice of victims")
     parser.add_argument("--data-dir", type=Path, default=None,

@@ -111,7 +111,7 @@ def up(ctx: click.Context, workers: int | None) -> None:
 @cli.command()
 @click.pass_context
 def down(ctx: click.Context) -> None:
-    """Stop everything `switchboard up` started (by PID), workers first."""
+    """Stop everything `switchboard up` started (by PID): the supervisor first, then workers, then the brokers."""
     from infra.embedded import EmbeddedStack
 
     settings = _settings(ctx)

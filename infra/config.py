@@ -190,6 +190,9 @@ class EmbeddedSettings(_Section):
     mqtt_port: int = Field(11883, ge=1024, le=65535, description="amqtt's MQTT listener")
     start_timeout_s: float = Field(60.0, gt=0, description="how long `up` waits for each component to answer")
     stop_timeout_s: float = Field(15.0, gt=0, description="how long `down` waits before SIGKILL")
+    supervise: bool = Field(True, description="`up` also starts a supervisor that starts again any component "
+        "of the stack that dies (a worker SIGKILLed, the broker crashed), at once, or after a growing delay while it "
+        "keeps dying within 10 s of its start (infra/embedded/supervisor.py)")
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> EmbeddedSettings:

@@ -47,10 +47,13 @@ def free_port_block(count: int, *, grpc_offset: int = 10000, low: int = 20000, h
 
 
 def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for an isolated embedded stack under `data_dir`, on free ports."""
+    """Settings for an isolated embedded stack under `data_dir`, on free ports.
+
+    Without the supervisor (`embedded.supervise`), unless `embedded={"supervise": True}` asks for it: a test that
+    kills a component decides when it comes back."""
     kafka, s3, master, volume, filer, admin, mqtt = free_port_block(7)
     embedded = {"kafka_port": kafka, "s3_port": s3, "weed_master_port": master, "weed_volume_port": volume,
-                "weed_filer_port": filer, "weed_admin_port": admin, "mqtt_port": mqtt,
+                "weed_filer_port": filer, "weed_admin_port": admin, "mqtt_port": mqtt, "supervise": False,
                 **overrides.pop("embedded", {})}
     return load_settings(data_dir=data_dir, embedded=embedded, **overrides)
 

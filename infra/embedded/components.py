@@ -20,6 +20,7 @@ from infra.config import Settings
 from topics.errors import StackError
 
 ReadyCheck = Callable[[], Awaitable[None]]
+SUPERVISOR = "supervisor"
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,9 @@ def model_server(settings: Settings) -> Component:
     from infra.embedded import checks
 
     name = "serving"
+    # Not removed here (planning happens on every `up` and supervisor restart, also while it runs); `up` forgets a
+    # component's ready file just before starting it.
     ready_file = run_dir(settings) / f"{name}.ready"
-    ready_file.unlink(missing_ok=True)
     env = {**os.environ, **settings.environment(), "SWITCHBOARD_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
     env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
     return Component(
@@ -204,6 +206,20 @@ def model_server(settings: Settings) -> Component:
         ready=lambda: checks.file_appears(ready_file), endpoint="Ray Serve models (local Ray on 127.0.0.1)",
         cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
         start_timeout_s=settings.serving.start_timeout_s,
+    )
+
+
+def supervisor(settings: Settings) -> Component:
+    """The process that starts again any component of the stack that dies (infra/embedded/supervisor.py)."""
+    from infra.embedded import checks
+
+    ready_file = run_dir(settings) / f"{SUPERVISOR}.ready"  # removed by `up` just before it starts the supervisor
+    env = {**os.environ, **settings.environment(), "SWITCHBOARD_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
+    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
+    return Component(
+        name=SUPERVISOR, command=[sys.executable, "-m", "infra.embedded.supervisor"], env=env, ports=[],
+        ready=lambda: checks.file_appears(ready_file), endpoint="restarts a component that dies",
+        cwd=settings.data_dir, log=logs_dir(settings) / f"{SUPERVISOR}.log",
     )
 
 
@@ -221,6 +237,8 @@ def plan(settings: Settings) -> list[Component]:
     components.extend(worker(settings, i) for i in range(settings.workers.count))
     if settings.bridge.enabled:  # after the workers: the topics exist by then, and `down` stops it first
         components.append(mqtt_bridge(settings))
+    if settings.embedded.supervise and components:  # last: it watches what the others' records say
+        components.append(supervisor(settings))
     return components
 
 

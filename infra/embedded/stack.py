@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from infra.config import Settings
 from infra.embedded import checks
-from infra.embedded.components import Component, plan, run_dir, wait_ready
+from infra.embedded.components import SUPERVISOR, Component, plan, run_dir, wait_ready
 from infra.embedded.process import ProcessRecord, port_owner, spawn, stop, tail
 from topics.errors import StackError
 
 Progress = Callable[[str], None]
+_LOCK_WAIT_S = 10.0
 _PORT_SETTING = {
     "seaweedfs": "SWITCHBOARD_EMBEDDED__S3_PORT / __WEED_{MASTER,VOLUME,FILER,ADMIN}_PORT (gRPC: each + 10000)",
     "tansu": "SWITCHBOARD_EMBEDDED__KAFKA_PORT",
@@ -38,6 +42,14 @@ def _noop(_: str) -> None:
     pass
 
 
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 class EmbeddedStack:
     """Starts, stops and inspects the processes `switchboard up` owns under `settings.data_dir`."""
 
@@ -57,13 +69,29 @@ class EmbeddedStack:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """The stack lock, held by `up`, `down` and the supervisor while they start or stop processes.
+
+        The supervisor holds it only for a spawn (milliseconds), so waiting a little for it is right; another
+        `up` or `down` holds it far longer and is reported."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "stack.lock").open("w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StackError("switchboard",
-                                 f"another `switchboard up/down` is running on {self.settings.data_dir}") from None
+            deadline = time.monotonic() + _LOCK_WAIT_S
+            while not _try_lock(lock):
+                if time.monotonic() > deadline:
+                    raise StackError("switchboard",
+                                     f"another `switchboard up/down` is running on {self.settings.data_dir}")
+                time.sleep(0.05)
+            yield
+
+    @asynccontextmanager
+    async def _locked_async(self) -> AsyncIterator[None]:
+        """The stack lock for code on an event loop (the supervisor): waits as long as `up` or `down` holds it,
+        without blocking the loop, so that a SIGTERM from `down` still ends the wait."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "stack.lock").open("w") as lock:
+            # flock has nothing to await, and a thread blocked in it would outlive a cancelled wait.
+            while not _try_lock(lock):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
             yield
 
     # -- up ------------------------------------------------------------------------------------------------------
@@ -121,10 +149,13 @@ class EmbeddedStack:
         return await self.status()
 
     async def _start(self, component: Component, progress: Progress) -> ProcessRecord:
+        proc, record = self._spawn(component, progress)
+        await self._until_ready(component, proc, record, progress, forget_on_failure=True)
+        return record
+
+    def _spawn(self, component: Component, progress: Progress) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
         self._check_ports(component)
         progress(f"{component.name}: starting")
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
         try:
             proc, record = spawn(component.name, component.command, env=component.env, log=component.log,
                                  cwd=component.cwd, ports=component.ports, stop_signal=component.stop_signal)
@@ -132,17 +163,44 @@ class EmbeddedStack:
             raise StackError(component.name, f"cannot run {component.command[0]}: {exc.strerror}",
                              log=str(component.log)) from None
         record.save(self.run_dir)
+        return proc, record
+
+    async def _until_ready(self, component: Component, proc: subprocess.Popen[bytes], record: ProcessRecord,
+                           progress: Progress, *, forget_on_failure: bool) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         try:
             await wait_ready(component, lambda: proc.poll() is None,
                              component.start_timeout_s or self.settings.embedded.start_timeout_s)
         except StackError as exc:
             stop(record, self.settings.embedded.stop_timeout_s)
-            self._forget(record.name)
+            proc.poll()  # reap it: a zombie child would count as running
+            if forget_on_failure:
+                self._forget(record.name)
             port = component.ports[0] if component.ports else None
             raise StackError(component.name, f"{exc.reason}\n  last log lines:\n{tail(component.log)}",
                              port=port, log=str(component.log)) from None
         progress(f"{component.name}: ready in {loop.time() - t0:.1f}s - {component.endpoint} (pid {record.pid})")
-        return record
+
+    async def restart(self, name: str, progress: Progress = _noop) -> subprocess.Popen[bytes] | None:
+        """Start the recorded component `name` again, as `up` would, if its process is gone (the supervisor's
+        restart); wait until it answers. None when there is nothing to do: it runs (someone restarted it), or it
+        is no longer part of the stack (`down` forgot it, or the settings no longer plan it).
+
+        The lock is held for the spawn only, so `down` is never kept waiting for a start-up. A restart that does
+        not become ready is stopped and its record kept, dead, so that the supervisor tries again.
+        """
+        component = next((c for c in plan(self.settings) if c.name == name), None)
+        if component is None:
+            return None
+        async with self._locked_async():
+            record = ProcessRecord.load(self.run_dir / f"{name}.json")
+            if record is None or record.alive:
+                return None
+            self._forget(name)
+            proc, record = self._spawn(component, progress)
+        await self._until_ready(component, proc, record, progress, forget_on_failure=False)
+        return proc
 
     async def _create_topics(self, progress: Progress) -> None:
         from agents.registry import declared_topics, deployment_agents
@@ -154,10 +212,17 @@ class EmbeddedStack:
 
     # -- down ----------------------------------------------------------------------------------------------------
     def down(self, progress: Progress = _noop) -> list[tuple[str, str]]:
-        """Stop every recorded component, newest first (workers before the brokers they use)."""
+        """Stop every recorded component: the supervisor first (or it would start again what is stopped after
+        it), then in the reverse of the start order `up` uses (workers before the brokers they use), whenever each
+        was last started; a component no longer planned (a worker beyond `workers.count`) with the workers."""
+        planned = {name: i for i, (name, _, _) in enumerate(plan_names(self.settings))}
+
+        def order(record: ProcessRecord) -> tuple[bool, int]:
+            return record.name != SUPERVISOR, -planned.get(record.name, len(planned))
+
         outcomes = []
         with self._locked():
-            for record in reversed(self.records()):
+            for record in sorted(self.records(), key=order):
                 outcome = stop(record, self.settings.embedded.stop_timeout_s)
                 self._forget(record.name)
                 progress(f"{record.name}: {outcome}")
@@ -167,7 +232,10 @@ class EmbeddedStack:
     # -- status --------------------------------------------------------------------------------------------------
     async def status(self) -> list[ComponentStatus]:
         """Every planned component: running (by PID) and healthy (it answers its readiness check)."""
+        from infra.embedded.restarts import read_restarts
+
         records = {r.name: r for r in self.records()}
+        supervised = read_restarts(self.run_dir)
         statuses = []
         for component in plan_names(self.settings):
             name, endpoint, log = component
@@ -181,6 +249,9 @@ class EmbeddedStack:
                     healthy = True
                 except Exception as exc:
                     healthy, detail = False, f"{type(exc).__name__}: {exc}"
+            restarts = supervised.get(name)
+            if restarts is not None:
+                detail = "; ".join(part for part in (detail, restarts.describe(running)) if part)
             statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
                                             endpoint, log, detail))
         return statuses
@@ -204,6 +275,8 @@ def plan_names(settings: Settings) -> list[tuple[str, str, str]]:
     if settings.bridge.enabled:
         host, port = settings.mqtt_address
         names.append(("mqtt-bridge", f"MQTT bridge ({host}:{port} <-> Kafka)", str(logs / "mqtt-bridge.log")))
+    if settings.embedded.supervise and names:
+        names.append((SUPERVISOR, "restarts a component that dies", str(logs / f"{SUPERVISOR}.log")))
     return names
 
 
@@ -216,6 +289,10 @@ async def _health(settings: Settings, name: str) -> None:
         await checks.mqtt_ready(settings)
     elif name == "mqtt-bridge":
         _bridge_health(settings)
+    elif name == SUPERVISOR:
+        ready = settings.data_dir / "run" / f"{SUPERVISOR}.ready"
+        if not ready.exists() or int(ready.read_text() or 0) != _pid_of(settings, name):
+            raise StackError(name, "is not watching the components yet")
     elif name == "serving":
         ready = settings.data_dir / "run" / "serving.ready"
         if not ready.exists() or int(ready.read_text() or 0) != _pid_of(settings, name):

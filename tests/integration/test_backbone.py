@@ -101,16 +101,19 @@ async def test_external_config_starts_nothing_embedded(stack: Settings, tmp_path
         workers={"count": 1, "app_id": "switchboard-external-test"},
         bridge={"enabled": False},  # the session stack's bridge already serves that MQTT broker
     )
-    assert [c.name for c in plan(external)] == ["worker-0"]
+    assert [c.name for c in plan(external)] == ["worker-0", "supervisor"]
     with_bridge = load_settings(data_dir=tmp_path, kafka={"bootstrap_servers": stack.bootstrap_servers},
                                 s3=external.s3.model_dump(), mqtt={"host": "127.0.0.1", "port": 1883})
-    assert [c.name for c in plan(with_bridge)] == ["worker-0", "mqtt-bridge"], "ours runs, nothing embedded"
+    assert [c.name for c in plan(with_bridge)] == ["worker-0", "mqtt-bridge", "supervisor"], \
+        "ours runs (and the supervisor that restarts it), nothing embedded"
     embedded = EmbeddedStack(external)
     try:
         statuses = await embedded.up()
-        assert [(s.name, s.running, s.healthy) for s in statuses] == [("worker-0", True, True)]
-        running = _processes_under(tmp_path)
-        assert len(running) == 1 and "streams.worker" in running[0], running
+        assert [(s.name, s.running, s.healthy) for s in statuses] == [("worker-0", True, True),
+                                                                      ("supervisor", True, True)]
+        running = sorted(_processes_under(tmp_path))
+        assert len(running) == 2 and "infra.embedded.supervisor" in running[0] and "streams.worker" in running[1], \
+            running
         # The external worker answers too; both workers emit the same reply id, and the reader drops the twin.
         async with ChatSession(external, "echo", "it-external") as chat:
             _, replies = await chat.say("via external config")

@@ -1,0 +1,86 @@
+"""`switchboard up`'s supervisor starts again a component that dies (infra/embedded/supervisor.py): a SIGKILLed
+worker and a SIGKILLed broker come back by themselves, a turn sent while the worker was dead is answered once, and
+`down` stops everything without the supervisor bringing anything back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infra.console import ChatSession
+from infra.embedded import EmbeddedStack
+from infra.embedded.process import ProcessRecord
+from infra.embedded.stack import ComponentStatus
+from infra.testing import embedded_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _record(stack: EmbeddedStack, name: str) -> ProcessRecord:
+    return next(r for r in stack.records() if r.name == name)
+
+
+async def _back(stack: EmbeddedStack, name: str, dead_pid: int, restarts: int,
+                timeout_s: float = 90.0) -> ComponentStatus:
+    """The component's status once a process other than `dead_pid` runs it, answers its readiness check, and the
+    supervisor has counted `restarts` restarts of it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: ComponentStatus | None = None
+    counted = f"started again {restarts} time{'s' if restarts != 1 else ''} by the supervisor"
+    while loop.time() < deadline:
+        last = next(s for s in await stack.status() if s.name == name)
+        if last.running and last.healthy and last.pid != dead_pid and counted in last.detail:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} was not started again within {timeout_s:.0f}s: {last}")
+
+
+def _kill(record: ProcessRecord) -> None:
+    os.killpg(record.pid, signal.SIGKILL)
+    psutil.Process(record.pid).wait(10)
+
+
+async def test_a_killed_worker_and_broker_come_back_by_themselves(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, embedded={"supervise": True}, workers={"count": 1},
+                                 bridge={"enabled": False})
+    stack = EmbeddedStack(settings)
+    try:
+        statuses = {s.name: s for s in await stack.up()}
+        assert statuses["supervisor"].running and statuses["supervisor"].healthy, statuses["supervisor"]
+        async with ChatSession(settings, "echo", "supervised", reply_timeout_s=90.0) as chat:
+            _, replies = await chat.say("before")
+            assert [r.data["text"] for r in replies] == ["You said: before (turn 1)"]
+
+            worker = _record(stack, "worker-0")
+            _kill(worker)
+            # Sent while no worker runs: answered once the supervisor's restart has joined the group.
+            _, replies = await chat.say("while it was dead")
+            assert [r.data["text"] for r in replies] == ["You said: while it was dead (turn 2)"]
+            status = await _back(stack, "worker-0", worker.pid, restarts=1)
+            assert "killed by SIGKILL" not in status.detail  # `up` started it, so its exit status is init's
+
+            broker = _record(stack, "tansu")
+            _kill(broker)
+            await _back(stack, "tansu", broker.pid, restarts=1)
+            _, replies = await chat.say("after the broker died")
+            assert [r.data["text"] for r in replies] == ["You said: after the broker died (turn 3)"]
+
+            # The restarted worker is the supervisor's child: its death is reported with how it ended.
+            again = _record(stack, "worker-0")
+            _kill(again)
+            status = await _back(stack, "worker-0", again.pid, restarts=2)
+            assert "killed by SIGKILL" in status.detail, status.detail
+            _, replies = await chat.say("and again")
+            assert [r.data["text"] for r in replies] == ["You said: and again (turn 4)"]
+    finally:
+        recorded = stack.records()
+        outcomes = dict(stack.down())
+    assert next(iter(outcomes)) == "supervisor", outcomes  # stopped first, so it restarts nothing that `down` stops
+    assert stack.records() == [], "nothing was started again after `down`"
+    assert [r.name for r in recorded if r.alive] == []
