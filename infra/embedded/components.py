@@ -157,70 +157,53 @@ def mqtt(settings: Settings) -> Component:
     )
 
 
-def worker(settings: Settings, index: int) -> Component:
+def _python_component(settings: Settings, name: str, module: str, endpoint: str, *, ready_env: str,
+                      env: dict[str, str] | None = None, start_timeout_s: float | None = None) -> Component:
+    """One of our own Python processes: `python -m module` with the resolved settings in its environment, ready
+    once it has written its ready file (`ready_env` names it).
+
+    The ready file is not removed here: planning happens on every `up` and every supervisor restart, also while
+    the component runs; `up` forgets a component's ready file just before starting it."""
     from infra.embedded import checks
+
+    ready_file = run_dir(settings) / f"{name}.ready"
+    full_env = {**os.environ, **settings.environment(), **(env or {}), ready_env: str(ready_file),
+                "PYTHONUNBUFFERED": "1"}
+    full_env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
+    return Component(
+        name=name, command=[sys.executable, "-m", module], env=full_env, ports=[],
+        ready=lambda: checks.file_appears(ready_file), endpoint=endpoint, cwd=settings.data_dir,
+        log=logs_dir(settings) / f"{name}.log", start_timeout_s=start_timeout_s,
+    )
+
+
+def worker(settings: Settings, index: int) -> Component:
     from streams.worker import READY_FILE_ENV, WORKER_ID_ENV
 
-    name = f"worker-{index}"
-    # Not removed here: planning happens on every `up`, also while this worker runs; `up` forgets a component's
-    # ready file just before starting it.
-    ready_file = run_dir(settings) / f"{name}.ready"
-    env = {**os.environ, **settings.environment(), WORKER_ID_ENV: str(index), READY_FILE_ENV: str(ready_file),
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
-    return Component(
-        name=name, command=[sys.executable, "-m", "streams.worker"], env=env, ports=[],
-        ready=lambda: checks.file_appears(ready_file), endpoint=f"Faust worker (app {settings.workers.app_id})",
-        cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
-    )
+    return _python_component(settings, f"worker-{index}", "streams.worker",
+                             f"Faust worker (app {settings.workers.app_id})", ready_env=READY_FILE_ENV,
+                             env={WORKER_ID_ENV: str(index)})
 
 
 def mqtt_bridge(settings: Settings) -> Component:
-    from infra.embedded import checks
     from streams.mqtt_bridge.service import COMPONENT, READY_FILE_ENV
 
-    ready_file = run_dir(settings) / f"{COMPONENT}.ready"  # removed by `up` just before it starts the bridge
-    env = {**os.environ, **settings.environment(), READY_FILE_ENV: str(ready_file), "PYTHONUNBUFFERED": "1"}
-    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
     host, port = settings.mqtt_address
-    return Component(
-        name=COMPONENT, command=[sys.executable, "-m", "streams.mqtt_bridge"], env=env, ports=[],
-        ready=lambda: checks.file_appears(ready_file), endpoint=f"MQTT bridge ({host}:{port} <-> Kafka)",
-        cwd=settings.data_dir, log=logs_dir(settings) / f"{COMPONENT}.log",
-    )
+    return _python_component(settings, COMPONENT, "streams.mqtt_bridge", f"MQTT bridge ({host}:{port} <-> Kafka)",
+                             ready_env=READY_FILE_ENV)
 
 
 def model_server(settings: Settings) -> Component:
     """`switchboard serve` as a component (serving.enabled, no serving.ray_address): a local Ray on 127.0.0.1
     with the model deployments; ready when they answer."""
-    from infra.embedded import checks
-
-    name = "serving"
-    # Not removed here (planning happens on every `up` and supervisor restart, also while it runs); `up` forgets a
-    # component's ready file just before starting it.
-    ready_file = run_dir(settings) / f"{name}.ready"
-    env = {**os.environ, **settings.environment(), "SWITCHBOARD_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
-    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
-    return Component(
-        name=name, command=[sys.executable, "-m", "serving"], env=env, ports=[],
-        ready=lambda: checks.file_appears(ready_file), endpoint="Ray Serve models (local Ray on 127.0.0.1)",
-        cwd=settings.data_dir, log=logs_dir(settings) / f"{name}.log",
-        start_timeout_s=settings.serving.start_timeout_s,
-    )
+    return _python_component(settings, "serving", "serving", "Ray Serve models (local Ray on 127.0.0.1)",
+                             ready_env="SWITCHBOARD_READY_FILE", start_timeout_s=settings.serving.start_timeout_s)
 
 
 def supervisor(settings: Settings) -> Component:
     """The process that starts again any component of the stack that dies (infra/embedded/supervisor.py)."""
-    from infra.embedded import checks
-
-    ready_file = run_dir(settings) / f"{SUPERVISOR}.ready"  # removed by `up` just before it starts the supervisor
-    env = {**os.environ, **settings.environment(), "SWITCHBOARD_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
-    env.pop("SWITCHBOARD_CONFIG", None)  # the resolved settings above are complete
-    return Component(
-        name=SUPERVISOR, command=[sys.executable, "-m", "infra.embedded.supervisor"], env=env, ports=[],
-        ready=lambda: checks.file_appears(ready_file), endpoint="restarts a component that dies",
-        cwd=settings.data_dir, log=logs_dir(settings) / f"{SUPERVISOR}.log",
-    )
+    return _python_component(settings, SUPERVISOR, "infra.embedded.supervisor", "restarts a component that dies",
+                             ready_env="SWITCHBOARD_READY_FILE")
 
 
 def plan(settings: Settings) -> list[Component]:

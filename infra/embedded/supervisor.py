@@ -161,7 +161,10 @@ class Supervisor:
                 try:
                     proc = await self.stack.restart(name, progress=log.info)
                 except StackError as exc:
-                    history.last_error = str(exc.reason).splitlines()[0]
+                    # "exited during start-up", and the last line of its log, which says why (a traceback's
+                    # exception, say).
+                    lines = [line.strip() for line in str(exc.reason).splitlines() if line.strip()]
+                    history.last_error = lines[0] + (f": {lines[-1]}" if len(lines) > 2 else "")
                     log.error("%s: the restart failed: %s", name, exc.reason)
                     delay = self.policy.delay(0.0, history.quick_deaths)
                     history.quick_deaths += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -25,20 +26,26 @@ def _record(stack: EmbeddedStack, name: str) -> ProcessRecord:
     return next(r for r in stack.records() if r.name == name)
 
 
+async def _status_until(stack: EmbeddedStack, name: str, check: Callable[[ComponentStatus], bool],
+                        timeout_s: float = 90.0) -> ComponentStatus:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: ComponentStatus | None = None
+    while loop.time() < deadline:
+        last = next(s for s in await stack.status() if s.name == name)
+        if check(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} did not reach the expected state within {timeout_s:.0f}s: {last}")
+
+
 async def _back(stack: EmbeddedStack, name: str, dead_pid: int, restarts: int,
                 timeout_s: float = 90.0) -> ComponentStatus:
     """The component's status once a process other than `dead_pid` runs it, answers its readiness check, and the
     supervisor has counted `restarts` restarts of it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last: ComponentStatus | None = None
     counted = f"started again {restarts} time{'s' if restarts != 1 else ''} by the supervisor"
-    while loop.time() < deadline:
-        last = next(s for s in await stack.status() if s.name == name)
-        if last.running and last.healthy and last.pid != dead_pid and counted in last.detail:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name} was not started again within {timeout_s:.0f}s: {last}")
+    return await _status_until(stack, name, lambda s: bool(s.running and s.healthy and s.pid != dead_pid
+                                                           and counted in s.detail), timeout_s)
 
 
 def _kill(record: ProcessRecord) -> None:
@@ -84,3 +91,43 @@ async def test_a_killed_worker_and_broker_come_back_by_themselves(tmp_path: Path
     assert next(iter(outcomes)) == "supervisor", outcomes  # stopped first, so it restarts nothing that `down` stops
     assert stack.records() == [], "nothing was started again after `down`"
     assert [r.name for r in recorded if r.alive] == []
+
+
+MENDER = """agent: mender
+dialogues:
+  - id: hello
+    trigger: "hi|hello"
+    actions:
+      - {type: reply, content: "Mended."}
+fallback:
+  actions:
+    - {type: reply, content: "Say hi."}
+"""
+
+
+async def test_a_worker_that_cannot_start_is_tried_again_later_and_comes_back_once_fixed(tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    (agents / "mender").mkdir(parents=True)
+    policy = agents / "mender" / "policy.yaml"
+    policy.write_text(MENDER)
+    settings = embedded_settings(tmp_path / "data", embedded={"supervise": True}, bridge={"enabled": False},
+                                 workers={"count": 1, "agent_dirs": [agents]})
+    stack = EmbeddedStack(settings)
+    try:
+        await stack.up()
+        policy.write_text("agent: mender\ndialogues: 5\n")  # a bad edit: the next start of the worker fails
+        worker = _record(stack, "worker-0")
+        _kill(worker)
+        failing = await _status_until(stack, "worker-0", lambda s: "last restart failed" in s.detail)
+        assert not failing.running
+        assert "exited during start-up: agents.dialogue.errors.PolicyError: " in failing.detail, failing.detail
+        policy.write_text(MENDER)  # fixed: a later attempt, after its crash-loop delay, starts it
+        await _back(stack, "worker-0", worker.pid, restarts=1)
+        async with ChatSession(settings, "mender", "mended") as chat:
+            _, replies = await chat.say("hi")
+            assert [r.data["text"] for r in replies] == ["Mended."]
+    finally:
+        stack.down()
+    log = (settings.data_dir / "logs" / "supervisor.log").read_text()
+    assert "worker-0: the restart failed: exited during start-up" in log
+    assert "worker-0: starting it again in 1s" in log, "the second failure in a row waits"
