@@ -70,6 +70,7 @@ def cli(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
 
 # -- stack -----------------------------------------------------------------------------------------------------
 def _print_status(statuses: list[Any]) -> None:
+    width = max((len(s.name) for s in statuses), default=10)
     for s in statuses:
         if not s.running:
             state = click.style("stopped", fg="yellow")
@@ -78,11 +79,12 @@ def _print_status(statuses: list[Any]) -> None:
         else:
             state = click.style("unhealthy", fg="red")
         pid = f"pid {s.pid}" if s.pid else "-"
-        click.echo(f"  {s.name:<10} {state:<18} {pid:<11} {s.endpoint}")
+        click.echo(f"  {s.name:<{width}} {state:<18} {pid:<11} {s.endpoint}")
+        indent = " " * (width + 3)
         if s.detail:
-            click.echo(f"             {s.detail}")
+            click.echo(f"{indent}{s.detail}")
         if s.running and not s.healthy:
-            click.echo(f"             log: {s.log}")
+            click.echo(f"{indent}log: {s.log}")
 
 
 @cli.command()

@@ -84,7 +84,9 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
     proc = record.process()
     if proc is None:
         return "not running"
-    group = [proc, *proc.children(recursive=True)]
+    # The component is its process group. Not every descendant: the supervisor's children are the components it
+    # started again, each in a session (and group) of its own, and stopping the supervisor must not stop them.
+    group = [proc, *(child for child in proc.children(recursive=True) if _group_of(child) == record.pid)]
     try:
         os.killpg(record.pid, record.stop_signal)
     except ProcessLookupError:
@@ -99,6 +101,13 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
             leftover.kill()
     psutil.wait_procs(alive, timeout=5)
     return "killed"
+
+
+def _group_of(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except OSError:
+        return None
 
 
 def tail(path: Path | str, lines: int = 15) -> str:

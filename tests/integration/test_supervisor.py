@@ -89,6 +89,9 @@ async def test_a_killed_worker_and_broker_come_back_by_themselves(tmp_path: Path
         recorded = stack.records()
         outcomes = dict(stack.down())
     assert next(iter(outcomes)) == "supervisor", outcomes  # stopped first, so it restarts nothing that `down` stops
+    # Each stopped on its signal: stopping the supervisor leaves the worker it started (its child) running, for
+    # `down` to stop in turn, instead of waiting for it and SIGKILLing it as part of the supervisor.
+    assert outcomes["supervisor"] == "stopped" and outcomes["worker-0"] == "stopped", outcomes
     assert stack.records() == [], "nothing was started again after `down`"
     assert [r.name for r in recorded if r.alive] == []
 
