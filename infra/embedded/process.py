@@ -84,9 +84,7 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
     proc = record.process()
     if proc is None:
         return "not running"
-    # The component is its process group. Not every descendant: the supervisor's children are the components it
-    # started again, each in a session (and group) of its own, and stopping the supervisor must not stop them.
-    group = [proc, *(child for child in proc.children(recursive=True) if _group_of(child) == record.pid)]
+    group = [proc, *_descendants_outside_other_components(proc)]
     try:
         os.killpg(record.pid, record.stop_signal)
     except ProcessLookupError:
@@ -103,11 +101,22 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
     return "killed"
 
 
-def _group_of(proc: psutil.Process) -> int | None:
+def _descendants_outside_other_components(proc: psutil.Process) -> list[psutil.Process]:
+    """The process's descendants, less the components it started (each leads a session of its own, as `spawn`
+    starts it) and theirs: the supervisor's children are the components it started again, and stopping the
+    supervisor must not stop (or wait for) them. Other descendants, in the group or not (Ray's actor processes
+    set their own group), are the component's."""
     try:
-        return os.getpgid(proc.pid)
-    except OSError:
-        return None
+        descendants = proc.children(recursive=True)
+    except psutil.Error:
+        return []
+    excluded: set[int] = set()
+    for child in descendants:
+        with contextlib.suppress(OSError, psutil.Error):
+            if child.pid not in excluded and os.getsid(child.pid) == child.pid:
+                excluded.add(child.pid)
+                excluded.update(grandchild.pid for grandchild in child.children(recursive=True))
+    return [child for child in descendants if child.pid not in excluded]
 
 
 def tail(path: Path | str, lines: int = 15) -> str:
