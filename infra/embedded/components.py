@@ -7,6 +7,9 @@ A part configured as external (Kafka, S3 or MQTT address set) is not launched; i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -37,6 +40,7 @@ class Component:
     log: Path
     stop_signal: signal.Signals = signal.SIGTERM
     start_timeout_s: float | None = None  # how long `up` waits for it (default: embedded.start_timeout_s)
+    settings_digest: str = ""  # set where a running one must be started again when the settings change
 
 
 def logs_dir(settings: Settings) -> Path:
@@ -201,9 +205,14 @@ def model_server(settings: Settings) -> Component:
 
 
 def supervisor(settings: Settings) -> Component:
-    """The process that starts again any component of the stack that dies (infra/embedded/supervisor.py)."""
-    return _python_component(settings, SUPERVISOR, "infra.embedded.supervisor", "restarts a component that dies",
-                             ready_env="SWITCHBOARD_READY_FILE")
+    """The process that starts again any component of the stack that dies (infra/embedded/supervisor.py).
+
+    It plans restarts from the settings it was started with, so `up` with other settings (`--workers 3`) starts
+    it again; the digest tells."""
+    component = _python_component(settings, SUPERVISOR, "infra.embedded.supervisor",
+                                  "restarts a component that dies", ready_env="SWITCHBOARD_READY_FILE")
+    digest = hashlib.sha256(json.dumps(settings.environment(), sort_keys=True).encode()).hexdigest()[:16]
+    return dataclasses.replace(component, settings_digest=digest)
 
 
 def plan(settings: Settings) -> list[Component]:

@@ -27,6 +27,7 @@ class ProcessRecord:
     log: str
     ports: list[int]
     stop_signal: int = signal.SIGTERM
+    settings_digest: str = ""  # of the settings it was started with, where `up` must notice a change (supervisor)
 
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,8 +58,8 @@ class ProcessRecord:
 
 
 def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path,
-          ports: Sequence[int] = (),
-          stop_signal: int = signal.SIGTERM) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
+          ports: Sequence[int] = (), stop_signal: int = signal.SIGTERM,
+          settings_digest: str = "") -> tuple[subprocess.Popen[bytes], ProcessRecord]:
     """Start `command` in its own session (so it outlives the CLI and can be signalled as a group)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -70,7 +71,7 @@ def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Pat
         )
     started = psutil.Process(proc.pid).create_time()
     record = ProcessRecord(name=name, pid=proc.pid, started=started, command=list(command), log=str(log),
-                           ports=list(ports), stop_signal=int(stop_signal))
+                           ports=list(ports), stop_signal=int(stop_signal), settings_digest=settings_digest)
     return proc, record
 
 

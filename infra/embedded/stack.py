@@ -125,6 +125,7 @@ class EmbeddedStack:
             running = {r.name: r for r in self.records() if r.alive}
             started: list[ProcessRecord] = []
             components = plan(self.settings)
+            self._renew_supervisor(running, components, progress)
             for component in components:  # fail before starting anything
                 if component.name not in running:
                     self._check_ports(component)
@@ -148,6 +149,21 @@ class EmbeddedStack:
                 raise
         return await self.status()
 
+    def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
+                          progress: Progress) -> None:
+        """Stop a running supervisor that plans from other settings than these (it would not restart a worker
+        that `up --workers 3` added), or that these settings turn off; the first case starts a new one below."""
+        current = running.get(SUPERVISOR)
+        if current is None:
+            return
+        wanted = next((c for c in components if c.name == SUPERVISOR), None)
+        if wanted is not None and wanted.settings_digest == current.settings_digest:
+            return
+        why = "the settings changed" if wanted is not None else "embedded.supervise is off"
+        progress(f"{SUPERVISOR}: {stop(current, self.settings.embedded.stop_timeout_s)} ({why})")
+        self._forget(SUPERVISOR)
+        del running[SUPERVISOR]
+
     async def _start(self, component: Component, progress: Progress) -> ProcessRecord:
         proc, record = self._spawn(component, progress)
         await self._until_ready(component, proc, record, progress, forget_on_failure=True)
@@ -158,7 +174,8 @@ class EmbeddedStack:
         progress(f"{component.name}: starting")
         try:
             proc, record = spawn(component.name, component.command, env=component.env, log=component.log,
-                                 cwd=component.cwd, ports=component.ports, stop_signal=component.stop_signal)
+                                 cwd=component.cwd, ports=component.ports, stop_signal=component.stop_signal,
+                                 settings_digest=component.settings_digest)
         except OSError as exc:
             raise StackError(component.name, f"cannot run {component.command[0]}: {exc.strerror}",
                              log=str(component.log)) from None

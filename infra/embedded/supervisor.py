@@ -35,7 +35,7 @@ from pathlib import Path
 from infra.config import Settings, load_settings
 from infra.embedded.components import SUPERVISOR, plan
 from infra.embedded.process import ProcessRecord
-from infra.embedded.restarts import RestartPolicy, Restarts, write_restarts
+from infra.embedded.restarts import RestartPolicy, Restarts, read_restarts, write_restarts
 from infra.embedded.stack import EmbeddedStack
 from topics.errors import StackError
 
@@ -51,7 +51,7 @@ class Supervisor:
         self.settings = settings
         self.stack = EmbeddedStack(settings)
         self.policy = policy or RestartPolicy()
-        self.history: dict[str, Restarts] = {}
+        self.history: dict[str, Restarts] = read_restarts(self.stack.run_dir)  # a renewed supervisor goes on
         self._watched: dict[str, tuple[int, float]] = {}  # name -> (pid, start time) of the process watched
         self._unwatch: dict[str, Callable[[], None]] = {}
         self._restarting: dict[str, asyncio.Task[None]] = {}

@@ -129,6 +129,19 @@ async def test_a_worker_that_cannot_start_is_tried_again_later_and_comes_back_on
         async with ChatSession(settings, "mender", "mended") as chat:
             _, replies = await chat.say("hi")
             assert [r.data["text"] for r in replies] == ["Mended."]
+
+        # `up --workers 2`: the running supervisor planned for one worker, so `up` starts a new one, which restarts
+        # the added worker too (and keeps the history of the first).
+        grown = settings.model_copy(update={"workers": settings.workers.model_copy(update={"count": 2})})
+        grown_stack = EmbeddedStack(grown)
+        said: list[str] = []
+        await grown_stack.up(progress=said.append)
+        assert "supervisor: stopped (the settings changed)" in said, said
+        added = _record(grown_stack, "worker-1")
+        _kill(added)
+        await _back(grown_stack, "worker-1", added.pid, restarts=1)
+        first = next(s for s in await grown_stack.status() if s.name == "worker-0")
+        assert "started again 1 time by the supervisor" in first.detail, first.detail
     finally:
         stack.down()
     log = (settings.data_dir / "logs" / "supervisor.log").read_text()

@@ -55,3 +55,11 @@ def test_the_supervisor_is_planned_last_unless_turned_off(tmp_path: Path) -> Non
     off = load_settings(data_dir=tmp_path, workers={"count": 2}, embedded={"supervise": False})
     assert "supervisor" not in [c.name for c in plan(off)]
     assert "supervisor" not in [name for name, _, _ in plan_names(off)]
+
+
+def test_the_supervisor_is_started_again_by_up_when_the_settings_change(tmp_path: Path) -> None:
+    from infra.embedded.components import supervisor
+
+    one = supervisor(load_settings(data_dir=tmp_path, workers={"count": 1})).settings_digest
+    assert one == supervisor(load_settings(data_dir=tmp_path, workers={"count": 1})).settings_digest
+    assert one != supervisor(load_settings(data_dir=tmp_path, workers={"count": 2})).settings_digest
