@@ -67,14 +67,17 @@ class EmbeddedStack:
         (self.run_dir / f"{name}.json").unlink(missing_ok=True)
         (self.run_dir / f"{name}.ready").unlink(missing_ok=True)
 
+    def _lock_file(self) -> IO[str]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return (self.run_dir / "stack.lock").open("w")
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """The stack lock, held by `up`, `down` and the supervisor while they start or stop processes.
 
         The supervisor holds it only for a spawn (milliseconds), so waiting a little for it is right; another
         `up` or `down` holds it far longer and is reported."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / "stack.lock").open("w") as lock:
+        with self._lock_file() as lock:
             deadline = time.monotonic() + _LOCK_WAIT_S
             while not _try_lock(lock):
                 if time.monotonic() > deadline:
@@ -87,8 +90,7 @@ class EmbeddedStack:
     async def _locked_async(self) -> AsyncIterator[None]:
         """The stack lock for code on an event loop (the supervisor): waits as long as `up` or `down` holds it,
         without blocking the loop, so that a SIGTERM from `down` still ends the wait."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / "stack.lock").open("w") as lock:
+        with self._lock_file() as lock:
             # flock has nothing to await, and a thread blocked in it would outlive a cancelled wait.
             while not _try_lock(lock):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
