@@ -5,7 +5,9 @@ against Kafka). A supervisor restarts it within a second or two, and its join st
 for the dead member: on Tansu every member rejoined ~8 s after the kill before partitions moved (docs/bus-facts.md),
 and the dead worker's partitions were processed by nobody in between. So each worker records its member id in its
 own data directory at every assignment; at start, if the process that wrote the record is gone, it asks the
-coordinator to remove that member (LeaveGroup, `infra.bus.groups`) and the group rebalances at once.
+coordinator to remove that member (LeaveGroup, `infra.bus.groups`) and the group rebalances at once. The embedded
+supervisor does the same the moment a worker dies (`infra/embedded/supervisor.py`), 2-3 s sooner, while the new
+process is still starting; whichever takes the record first (`take_dead`) removes the member.
 
 Removing is safe whatever the record says: a member id names one consumer instance, so the worst case (the
 recorded process is alive after all, say a data directory shared by mistake) is one extra rebalance for it. A
@@ -45,7 +47,11 @@ class MemberRecord:
         if self.host != socket.gethostname():
             return False  # another machine's process: its pid says nothing here
         try:
-            return bool(abs(psutil.Process(self.pid).create_time() - self.started) > 0.01)
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.started) > 0.01:
+                return True  # its pid was given to a new process
+            # A zombie has exited, its parent has not reaped it yet: the supervisor sees a death that early.
+            return bool(process.status() == psutil.STATUS_ZOMBIE)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return True
         except psutil.Error:
@@ -79,20 +85,38 @@ def read(datadir: Path) -> MemberRecord | None:
         return None
 
 
-async def remove_dead_predecessor(settings: Settings, datadir: Path, group: str) -> MemberRecord | None:
-    """Remove this worker's predecessor from `group` if its process is gone. Returns the removed member's record,
-    or None when there was nothing to remove. Never raises: if removing fails, the member expires as it would have."""
+def take_dead(datadir: Path, group: str) -> MemberRecord | None:
+    """The record in `datadir` if it names a member of `group` whose process is gone, removed from disk: whoever
+    takes it removes that member, so that two removers (the supervisor and the restarted worker) never both do."""
     previous = read(datadir)
     if previous is None or previous.group != group or not previous.process_gone():
         return None
     try:
-        removed = await asyncio.wait_for(remove_member(settings, group, previous.member_id), REMOVE_TIMEOUT_S)
+        (datadir / RECORD_NAME).unlink()
+    except FileNotFoundError:
+        return None  # the other remover took it
+    return previous
+
+
+async def remove(settings: Settings, member: MemberRecord) -> bool:
+    """Remove a dead worker's `member` from its group. True if removed; never raises: if removing fails, the member
+    expires when its session does, as it would have anyway."""
+    try:
+        removed = await asyncio.wait_for(remove_member(settings, member.group, member.member_id), REMOVE_TIMEOUT_S)
     except Exception as exc:
-        log.warning("could not remove the previous worker (member %s of %s) from the group (%r); the group "
-                    "rebalances when its session expires", previous.member_id, group, exc)
+        log.warning("could not remove the dead worker's member %s from group %s (%r); the group rebalances when "
+                    "its session expires", member.member_id, member.group, exc)
+        return False
+    if removed:
+        log.info("removed the dead worker's member %s (pid %d, no longer running) from group %s, so that the group "
+                 "does not wait for its session to expire", member.member_id, member.pid, member.group)
+    return removed  # False: its session had expired already
+
+
+async def remove_dead_predecessor(settings: Settings, datadir: Path, group: str) -> MemberRecord | None:
+    """Remove this worker's predecessor from `group` if its process is gone and nobody removed it yet. Returns the
+    removed member's record, or None when there was nothing to remove. Never raises."""
+    previous = take_dead(datadir, group)
+    if previous is None or not await remove(settings, previous):
         return None
-    if not removed:
-        return None  # its session had expired already
-    log.info("removed the previous worker's member %s (pid %d, no longer running) from group %s, so that the "
-             "group does not wait for its session to expire", previous.member_id, previous.pid, group)
     return previous

@@ -14,8 +14,9 @@ How:
   `down` stops the supervisor before anything else, so nothing comes back while the stack stops.
 - What is left of the dead process's group (children it started) is killed first, so the new one does not find its
   port or files taken.
-- A restarted worker removes its dead predecessor from the consumer group before it joins (streams/predecessor.py),
-  so the group rebalances at once instead of waiting out the dead member's session.
+- A dead worker is removed from its consumer group at once (streams/predecessor.py), so the group rebalances and
+  the survivors take over its partitions while the new process starts (2-3 s), instead of waiting out the dead
+  member's session or for the new process to remove it.
 - Crash loops wait (infra/embedded/restarts.py). Each restart is logged here (logs/supervisor.log) and counted in
   run/supervisor.state, which `switchboard status` shows beside the component.
 """
@@ -37,6 +38,9 @@ from infra.embedded.components import SUPERVISOR, plan
 from infra.embedded.process import ProcessRecord
 from infra.embedded.restarts import RestartPolicy, Restarts, read_restarts, write_restarts
 from infra.embedded.stack import EmbeddedStack
+from streams import predecessor
+from streams.app import worker_data_dir
+from streams.worker import WORKER_ID_ENV
 from topics.errors import StackError
 
 log = logging.getLogger("switchboard.supervisor")
@@ -58,7 +62,9 @@ class Supervisor:
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # processes it started: it must reap them
         # Deaths already handled: a record left dead (a component no longer planned) is not restarted every scan.
         self._dead: set[tuple[str, int, float]] = set()
-        plan(settings)  # imports what planning needs now, not while a component is down (0.4 s)
+        self._removing: set[asyncio.Task[bool]] = set()
+        # Planned now, so that what planning imports is loaded before a component is down (0.4 s).
+        self._worker_ids = {c.name: c.env[WORKER_ID_ENV] for c in plan(settings) if WORKER_ID_ENV in c.env}
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Watch until cancelled; `ready` is called once every running component is watched."""
@@ -72,9 +78,10 @@ class Supervisor:
         finally:
             for name in list(self._unwatch):
                 self._stop_watching(name)
-            for task in list(self._restarting.values()):
+            tasks = [*self._restarting.values(), *self._removing]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._restarting.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- watching ------------------------------------------------------------------------------------------------
     def _scan(self) -> None:
@@ -142,8 +149,22 @@ class Supervisor:
         how = f" ({history.last_exit})" if history.last_exit else ""
         log.warning("%s (pid %d) died%s after running %.1fs", record.name, record.pid, how, ran_s)
         _kill_group_leftovers(record)
+        self._remove_from_group(record.name)
         self._restarting[record.name] = asyncio.get_running_loop().create_task(
             self._restart(record.name, delay), name=f"restart-{record.name}")
+
+    def _remove_from_group(self, name: str) -> None:
+        """If `name` is a worker, remove its dead consumer-group member now, alongside the restart."""
+        worker_id = self._worker_ids.get(name)
+        if worker_id is None:
+            return
+        member = predecessor.take_dead(worker_data_dir(self.settings, worker_id), self.settings.workers.app_id)
+        if member is None:
+            return  # it never joined, left cleanly, or its record cannot be read: its session expires
+        task = asyncio.get_running_loop().create_task(predecessor.remove(self.settings, member),
+                                                      name=f"remove-{name}")
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
 
     async def _restart(self, name: str, delay: float) -> None:
         history = self.history[name]

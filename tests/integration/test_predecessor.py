@@ -100,6 +100,9 @@ async def test_a_killed_members_successor_removes_it_and_the_group_rebalances_be
         assert dead is not None and dead.group == group and dead.process_gone()
         removed = await predecessor.remove_dead_predecessor(stack, tmp_path, group)
         assert removed == dead
+        # Taken: a second remover (the restarted worker after the supervisor) finds nothing to remove.
+        assert predecessor.read(tmp_path) is None
+        assert await predecessor.remove_dead_predecessor(stack, tmp_path, group) is None
         # Without the removal the survivor could be assigned both partitions only once the dead member's session
         # had expired (20 s from its last heartbeat) and a join round had passed. With it, one join round (on Tansu
         # half the session timeout) after the survivor's next heartbeat.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import psutil
@@ -30,6 +34,41 @@ def test_a_finished_process_or_a_reused_pid_is_gone(tmp_path: Path) -> None:
     assert replace(mine, pid=int(child.stdout)).process_gone() is True
     # Same pid, another start time: a new process that was given the dead one's pid (pid 1 in a container).
     assert replace(mine, started=psutil.Process().create_time() - 60).process_gone() is True
+
+
+def test_a_killed_process_not_yet_reaped_is_gone(tmp_path: Path) -> None:
+    """The supervisor learns of a death from a pidfd, before the parent (init, for a worker `up` started) has
+    reaped the process: the zombie is dead already."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        predecessor.record(tmp_path, "switchboard", "member-z")
+        mine = predecessor.read(tmp_path)
+        assert mine is not None
+        child_record = replace(mine, pid=child.pid, started=psutil.Process(child.pid).create_time())
+        assert child_record.process_gone() is False
+        os.kill(child.pid, signal.SIGKILL)  # and not reaped (psutil.wait_procs would reap it)
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # the kernel finishes the exit
+            assert time.monotonic() < deadline, "the killed child did not exit"
+        assert child_record.process_gone() is True
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_taking_a_dead_record_removes_it_so_that_only_one_remover_removes_the_member(tmp_path: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    predecessor.record(tmp_path, "switchboard", "member-t")
+    mine = predecessor.read(tmp_path)
+    assert mine is not None
+    assert predecessor.take_dead(tmp_path, "switchboard") is None  # this process lives: nothing to take
+    assert predecessor.take_dead(tmp_path, "other-group") is None
+    (tmp_path / predecessor.RECORD_NAME).write_text(json.dumps(asdict(replace(mine, pid=int(child.stdout)))))
+    taken = predecessor.take_dead(tmp_path, "switchboard")
+    assert taken is not None and taken.member_id == "member-t"
+    assert predecessor.read(tmp_path) is None
+    assert predecessor.take_dead(tmp_path, "switchboard") is None
 
 
 def test_another_hosts_process_is_never_taken_for_gone(tmp_path: Path) -> None:
