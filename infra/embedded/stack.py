@@ -217,8 +217,12 @@ class EmbeddedStack:
             if record is None or record.alive:
                 return None
             self._forget(name)
-            proc, record = self._spawn(component, progress)
-        await self._until_ready(component, proc, record, progress, forget_on_failure=False)
+            try:
+                proc, started = self._spawn(component, progress)
+            except StackError:
+                record.save(self.run_dir)  # its port taken, say: kept, dead, so that the supervisor tries again
+                raise
+        await self._until_ready(component, proc, started, progress, forget_on_failure=False)
         return proc
 
     async def _create_topics(self, progress: Progress) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from infra.console import ChatSession
 from infra.embedded import EmbeddedStack
 from infra.embedded.process import ProcessRecord
 from infra.embedded.stack import ComponentStatus
+from infra.embedded.supervisor import Supervisor
 from infra.testing import embedded_settings
 
 pytestmark = pytest.mark.integration
@@ -153,3 +155,33 @@ async def test_a_worker_that_cannot_start_is_tried_again_later_and_comes_back_on
     log = (settings.data_dir / "logs" / "supervisor.log").read_text()
     assert "worker-0: the restart failed: exited during start-up" in log
     assert "worker-0: starting it again in 1s" in log, "the second failure in a row waits"
+
+
+async def test_a_restart_whose_port_is_taken_says_so_and_succeeds_once_the_port_is_free(tmp_path: Path) -> None:
+    """The supervisor runs in this test's process, started after the kill, so that the test can take the dead
+    broker's port before the supervisor's first restart (which otherwise comes within milliseconds)."""
+    settings = embedded_settings(tmp_path, workers={"count": 0}, bridge={"enabled": False})
+    stack = EmbeddedStack(settings)
+    supervising: asyncio.Task[None] | None = None
+    try:
+        await stack.up()
+        mqtt = _record(stack, "mqtt")
+        _kill(mqtt)
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the readiness checks' TIME_WAITs
+            squatter.bind(("127.0.0.1", settings.embedded.mqtt_port))
+            squatter.listen()
+            supervising = asyncio.create_task(Supervisor(settings).run())
+            failing = await _status_until(stack, "mqtt", lambda s: "last restart failed" in s.detail)
+            assert not failing.running
+            assert f"port {settings.embedded.mqtt_port} is already in use by" in failing.detail, failing.detail
+            assert "SWITCHBOARD_EMBEDDED__MQTT_PORT" in failing.detail, "it says how to move the port"
+        # The port is free again: a later attempt, after its crash-loop delay, starts the broker.
+        back = await _back(stack, "mqtt", mqtt.pid, restarts=1)
+        assert "last restart failed" not in back.detail, back.detail
+    finally:
+        if supervising is not None:
+            supervising.cancel()
+            await asyncio.gather(supervising, return_exceptions=True)
+        stack.down()
+    assert stack.records() == []
