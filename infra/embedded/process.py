@@ -92,14 +92,44 @@ def stop(record: ProcessRecord, timeout_s: float) -> str:
         return "not running"
     except PermissionError:
         proc.terminate()
-    _, alive = psutil.wait_procs(group, timeout=timeout_s)
+    alive = _until_exited(group, timeout_s)
     if not alive:
         return "stopped"
     for leftover in alive:
         with contextlib.suppress(psutil.Error):
             leftover.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _until_exited(alive, 5)
     return "killed"
+
+
+def _until_exited(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until each process has exited; those still running after `timeout_s`.
+
+    A process that has exited counts at once, also while it is a zombie: `psutil.wait_procs` waits for it to be
+    reaped, which for a component `up` started is up to init, and some inits (a sandbox's) reap only every 2 s or
+    so, which made each stop take 2 s. Our own children are reaped here."""
+    deadline = time.monotonic() + timeout_s
+    running = list(procs)
+    delay = 0.01
+    while True:
+        running = [proc for proc in running if not _exited(proc)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+def _exited(proc: psutil.Process) -> bool:
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return not proc.is_running()  # is_running is False for a pid reused by another process
+        with contextlib.suppress(psutil.TimeoutExpired, psutil.Error):
+            proc.wait(0)  # reaps it if it is our child; another's zombie is its parent's to reap
+        return True
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def _descendants_outside_other_components(proc: psutil.Process) -> list[psutil.Process]:

@@ -7,6 +7,7 @@ import fcntl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,21 +236,25 @@ class EmbeddedStack:
 
     # -- down ----------------------------------------------------------------------------------------------------
     def down(self, progress: Progress = _noop) -> list[tuple[str, str]]:
-        """Stop every recorded component: the supervisor first (or it would start again what is stopped after
-        it), then in the reverse of the start order `up` uses (workers before the brokers they use), whenever each
-        was last started; a component no longer planned (a worker beyond `workers.count`) with the workers."""
+        """Stop every recorded component, in rounds (`_stop_round`): the supervisor first (or it would start again
+        what is stopped after it), then the workers and the bridge, then what they use, the brokers last. The
+        components of one round are stopped together, each takes a few seconds to stop cleanly; the outcomes are
+        reported in plan order."""
         planned = {name: i for i, (name, _, _) in enumerate(plan_names(self.settings))}
-
-        def order(record: ProcessRecord) -> tuple[bool, int]:
-            return record.name != SUPERVISOR, -planned.get(record.name, len(planned))
-
+        rounds: dict[int, list[ProcessRecord]] = {}
+        for record in self.records():
+            rounds.setdefault(_stop_round(record.name), []).append(record)
         outcomes = []
+        timeout_s = self.settings.embedded.stop_timeout_s
         with self._locked():
-            for record in sorted(self.records(), key=order):
-                outcome = stop(record, self.settings.embedded.stop_timeout_s)
-                self._forget(record.name)
-                progress(f"{record.name}: {outcome}")
-                outcomes.append((record.name, outcome))
+            for _, records in sorted(rounds.items()):
+                records.sort(key=lambda r: -planned.get(r.name, len(planned)))
+                with ThreadPoolExecutor(max_workers=len(records)) as pool:
+                    stopped = list(pool.map(lambda r: stop(r, timeout_s), records))
+                for record, outcome in zip(records, stopped, strict=True):
+                    self._forget(record.name)
+                    progress(f"{record.name}: {outcome}")
+                    outcomes.append((record.name, outcome))
         return outcomes
 
     # -- status --------------------------------------------------------------------------------------------------
@@ -278,6 +283,13 @@ class EmbeddedStack:
             statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
                                             endpoint, log, detail))
         return statuses
+
+
+def _stop_round(name: str) -> int:
+    """When `down` stops a component: after everything that uses it. Round 1 holds the workers, the bridge and any
+    component no longer planned (a worker beyond `workers.count`); the model server outlives the workers that call
+    it, the MQTT broker the bridge, Kafka everything that commits to it, and S3 the broker that stores on it."""
+    return {SUPERVISOR: 0, "serving": 2, "mqtt": 2, "tansu": 3, "seaweedfs": 4}.get(name, 1)
 
 
 def plan_names(settings: Settings) -> list[tuple[str, str, str]]:
