@@ -66,17 +66,38 @@ async def s3_ready(settings: Settings, *, create_buckets: bool = False) -> None:
 
 
 async def kafka_ready(settings: Settings) -> None:
-    """The bus answers a metadata request."""
+    """The bus answers a metadata request.
+
+    First one of the bootstrap addresses must accept a TCP connection: aiokafka logs an ERROR for every refused
+    connection, which filled the supervisor's log (and the benchmarks' output) while a restarted broker booted."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from infra.bus.clients import aiokafka_common
 
+    await _any_accepts(settings.bootstrap_servers)
     admin = AIOKafkaAdminClient(**{**aiokafka_common(settings), "request_timeout_ms": 5000})
     try:
         await admin.start()
         await admin.list_topics()
     finally:
         await admin.close()
+
+
+async def _any_accepts(addresses: str) -> None:
+    """Return once one of the comma-separated host:port `addresses` accepts a connection; raise OSError if none."""
+    refused: list[str] = []
+    for address in (a.strip() for a in addresses.split(",") if a.strip()):
+        host, _, port = address.rpartition(":")
+        try:
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, ValueError) as exc:
+            refused.append(f"{address}: {exc}")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise ConnectionRefusedError(f"no Kafka bootstrap address accepts connections ({'; '.join(refused)})")
 
 
 async def mqtt_ready(settings: Settings) -> None:
