@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def read(datadir: Path) -> MemberRecord | None:
 
 def take_dead(datadir: Path, group: str) -> MemberRecord | None:
     """The record in `datadir` if it names a member of `group` whose process is gone, removed from disk: whoever
-    takes it removes that member, so that two removers (the supervisor and the restarted worker) never both do."""
+    takes it removes that member, so that two removers (the supervisor and the restarted worker) never both do.
+    Never raises: a record that cannot be removed is left to the member's session (and logged)."""
     previous = read(datadir)
     if previous is None or previous.group != group or not previous.process_gone():
         return None
@@ -95,17 +97,42 @@ def take_dead(datadir: Path, group: str) -> MemberRecord | None:
         (datadir / RECORD_NAME).unlink()
     except FileNotFoundError:
         return None  # the other remover took it
+    except OSError as exc:
+        log.warning("cannot take the dead worker's group member record in %s (%s); its member %s stays in group "
+                    "%s until its session expires", datadir, exc, previous.member_id, group)
+        return None
     return previous
 
 
-async def remove(settings: Settings, member: MemberRecord) -> bool:
-    """Remove a dead worker's `member` from its group. True if removed; never raises: if removing fails, the member
-    expires when its session does, as it would have anyway."""
+def _give_back(datadir: Path, member: MemberRecord) -> None:
+    """Put a taken record back, unless a newer one was written meanwhile, so that a later remover (the restarted
+    worker, once the broker answers again) tries again."""
+    path = datadir / RECORD_NAME
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        partial.write_text(json.dumps(asdict(member)))
+        os.link(partial, path)  # fails if a record exists: never replaces the new worker's own
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.warning("could not put back the group member record in %s (%s)", datadir, exc)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+async def remove(settings: Settings, member: MemberRecord, datadir: Path) -> bool:
+    """Remove a taken dead worker's `member` from its group. True if removed; never raises. If removing fails (the
+    broker down too, say) the record goes back to `datadir` for the next remover, and meanwhile the member expires
+    when its session does, as it would have anyway."""
     try:
         removed = await asyncio.wait_for(remove_member(settings, member.group, member.member_id), REMOVE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        _give_back(datadir, member)
+        raise
     except Exception as exc:
         log.warning("could not remove the dead worker's member %s from group %s (%r); the group rebalances when "
                     "its session expires", member.member_id, member.group, exc)
+        _give_back(datadir, member)
         return False
     if removed:
         log.info("removed the dead worker's member %s (pid %d, no longer running) from group %s, so that the group "
@@ -117,6 +144,6 @@ async def remove_dead_predecessor(settings: Settings, datadir: Path, group: str)
     """Remove this worker's predecessor from `group` if its process is gone and nobody removed it yet. Returns the
     removed member's record, or None when there was nothing to remove. Never raises."""
     previous = take_dead(datadir, group)
-    if previous is None or not await remove(settings, previous):
+    if previous is None or not await remove(settings, previous, datadir):
         return None
     return previous

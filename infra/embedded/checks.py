@@ -89,8 +89,9 @@ async def _any_accepts(addresses: str) -> None:
     for address in (a.strip() for a in addresses.split(",") if a.strip()):
         host, _, port = address.rpartition(":")
         try:
-            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        except (OSError, ValueError) as exc:
+            # Bounded: an address that drops packets must not hold up the next one.
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 2.0)
+        except (OSError, ValueError, TimeoutError) as exc:
             refused.append(f"{address}: {exc}")
             continue
         writer.close()

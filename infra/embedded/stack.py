@@ -241,12 +241,12 @@ class EmbeddedStack:
         components of one round are stopped together, each takes a few seconds to stop cleanly; the outcomes are
         reported in plan order."""
         planned = {name: i for i, (name, _, _) in enumerate(plan_names(self.settings))}
-        rounds: dict[int, list[ProcessRecord]] = {}
-        for record in self.records():
-            rounds.setdefault(_stop_round(record.name), []).append(record)
         outcomes = []
         timeout_s = self.settings.embedded.stop_timeout_s
-        with self._locked():
+        with self._locked():  # records read under the lock: a start finishing meanwhile is stopped, not orphaned
+            rounds: dict[int, list[ProcessRecord]] = {}
+            for record in self.records():
+                rounds.setdefault(_stop_round(record.name), []).append(record)
             for _, records in sorted(rounds.items()):
                 records.sort(key=lambda r: -planned.get(r.name, len(planned)))
                 with ThreadPoolExecutor(max_workers=len(records)) as pool:

@@ -149,6 +149,7 @@ class Supervisor:
         how = f" ({history.last_exit})" if history.last_exit else ""
         log.warning("%s (pid %d) died%s after running %.1fs", record.name, record.pid, how, ran_s)
         _kill_group_leftovers(record)
+        # Before the restart task: the new process must not be spawned before the record of the dead one is taken.
         self._remove_from_group(record.name)
         self._restarting[record.name] = asyncio.get_running_loop().create_task(
             self._restart(record.name, delay), name=f"restart-{record.name}")
@@ -158,10 +159,11 @@ class Supervisor:
         worker_id = self._worker_ids.get(name)
         if worker_id is None:
             return
-        member = predecessor.take_dead(worker_data_dir(self.settings, worker_id), self.settings.workers.app_id)
+        datadir = worker_data_dir(self.settings, worker_id)
+        member = predecessor.take_dead(datadir, self.settings.workers.app_id)  # never raises
         if member is None:
             return  # it never joined, left cleanly, or its record cannot be read: its session expires
-        task = asyncio.get_running_loop().create_task(predecessor.remove(self.settings, member),
+        task = asyncio.get_running_loop().create_task(predecessor.remove(self.settings, member, datadir),
                                                       name=f"remove-{name}")
         self._removing.add(task)
         task.add_done_callback(self._removing.discard)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from infra.config import load_settings
+from infra.testing import free_port_block
 from streams import predecessor
 
 
@@ -50,6 +52,7 @@ def test_a_killed_process_not_yet_reaped_is_gone(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # the kernel finishes the exit
             assert time.monotonic() < deadline, "the killed child did not exit"
+            time.sleep(0.01)
         assert child_record.process_gone() is True
     finally:
         child.kill()
@@ -69,6 +72,38 @@ def test_taking_a_dead_record_removes_it_so_that_only_one_remover_removes_the_me
     assert taken is not None and taken.member_id == "member-t"
     assert predecessor.read(tmp_path) is None
     assert predecessor.take_dead(tmp_path, "switchboard") is None
+
+
+def _a_finished_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    return int(child.stdout)
+
+
+async def test_a_removal_that_fails_puts_the_record_back_for_the_next_remover(tmp_path: Path) -> None:
+    """The supervisor takes the record when the worker dies; if the broker is down too, the restarted worker must
+    still find it and try again once the broker answers."""
+    dead_pid = _a_finished_pid()
+    (port,) = free_port_block(1)
+    settings = load_settings(data_dir=tmp_path / "data", kafka={"bootstrap_servers": f"127.0.0.1:{port}"})
+    predecessor.record(tmp_path, "switchboard", "member-b")
+    mine = predecessor.read(tmp_path)
+    assert mine is not None
+    (tmp_path / predecessor.RECORD_NAME).write_text(json.dumps(asdict(replace(mine, pid=dead_pid))))
+    taken = predecessor.take_dead(tmp_path, "switchboard")
+    assert taken is not None
+    assert await predecessor.remove(settings, taken, tmp_path) is False  # nothing listens on that port
+    assert predecessor.read(tmp_path) == taken
+
+    # Never over a newer record: the new worker's own, written once it joined.
+    taken = predecessor.take_dead(tmp_path, "switchboard")
+    assert taken is not None
+    predecessor.record(tmp_path, "switchboard", "member-new")
+    assert await predecessor.remove(settings, taken, tmp_path) is False
+    newer = predecessor.read(tmp_path)
+    assert newer is not None and newer.member_id == "member-new"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(predecessor.RECORD_NAME.split(".")[0])) \
+        == [predecessor.RECORD_NAME]  # no temporary file left
 
 
 def test_another_hosts_process_is_never_taken_for_gone(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -35,9 +36,11 @@ def test_a_component_that_ignores_its_signal_is_killed_after_the_timeout(tmp_pat
                "time.sleep(120)"
     log = tmp_path / "stubborn.log"
     proc, record = spawn("stubborn", [sys.executable, "-c", stubborn], env=os.environ, log=log, cwd=tmp_path)
+    deadline = time.monotonic() + 30
     while "\nready\n" not in log.read_text():  # its handler is installed before the signal comes (the log's
         # first line, the command, says 'ready' too)
-        assert proc.poll() is None
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     assert stop(record, timeout_s=0.5) == "killed"
     assert proc.poll() is not None
 
