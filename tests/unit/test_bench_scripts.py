@@ -83,3 +83,15 @@ def test_the_chaos_benchmark_refuses_a_data_dir_an_earlier_run_left(tmp_path: Pa
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", str(tmp_path)])
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_the_chaos_summary_counts_the_kills_caught_up_within_the_target() -> None:
+    from bench.chaos import CycleFigures, Report
+
+    report = Report(load="dialogue", workers=2, rate=30, late_ms=1000, cycles=[
+        CycleFigures(1, "worker-0", 0.0, caught_up_s=5.8), CycleFigures(2, "worker-1", 0.0, caught_up_s=10.0),
+        CycleFigures(3, "worker-0", 0.0, caught_up_s=14.0), CycleFigures(4, "worker-1", 0.0, caught_up_s=None),
+        CycleFigures(5, "tansu", 0.0, caught_up_s=30.0),  # the broker's cycle is not a worker kill
+    ])
+    summary = report.summary()
+    assert "(1 cycles not caught up); within 10s (the target): 2 of 4" in summary, summary
