@@ -19,6 +19,22 @@ from infra.testing import free_port_block
 from streams import predecessor
 
 
+def _a_finished_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    return int(child.stdout)
+
+
+def _a_dead_workers_record(datadir: Path, member_id: str) -> predecessor.MemberRecord:
+    """A record in `datadir` as a worker that has since died left it."""
+    predecessor.record(datadir, "switchboard", member_id)
+    mine = predecessor.read(datadir)
+    assert mine is not None
+    dead = replace(mine, pid=_a_finished_pid())
+    (datadir / predecessor.RECORD_NAME).write_text(json.dumps(asdict(dead)))
+    return dead
+
+
 def test_a_record_is_read_back_and_names_this_living_process(tmp_path: Path) -> None:
     predecessor.record(tmp_path, "switchboard", "member-1")
     mine = predecessor.read(tmp_path)
@@ -28,12 +44,10 @@ def test_a_record_is_read_back_and_names_this_living_process(tmp_path: Path) -> 
 
 
 def test_a_finished_process_or_a_reused_pid_is_gone(tmp_path: Path) -> None:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
     predecessor.record(tmp_path, "switchboard", "member-2")
     mine = predecessor.read(tmp_path)
     assert mine is not None
-    assert replace(mine, pid=int(child.stdout)).process_gone() is True
+    assert replace(mine, pid=_a_finished_pid()).process_gone() is True
     # Same pid, another start time: a new process that was given the dead one's pid (pid 1 in a container).
     assert replace(mine, started=psutil.Process().create_time() - 60).process_gone() is True
 
@@ -60,36 +74,22 @@ def test_a_killed_process_not_yet_reaped_is_gone(tmp_path: Path) -> None:
 
 
 def test_taking_a_dead_record_removes_it_so_that_only_one_remover_removes_the_member(tmp_path: Path) -> None:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
     predecessor.record(tmp_path, "switchboard", "member-t")
-    mine = predecessor.read(tmp_path)
-    assert mine is not None
     assert predecessor.take_dead(tmp_path, "switchboard") is None  # this process lives: nothing to take
+    _a_dead_workers_record(tmp_path, "member-t")
     assert predecessor.take_dead(tmp_path, "other-group") is None
-    (tmp_path / predecessor.RECORD_NAME).write_text(json.dumps(asdict(replace(mine, pid=int(child.stdout)))))
     taken = predecessor.take_dead(tmp_path, "switchboard")
     assert taken is not None and taken.member_id == "member-t"
     assert predecessor.read(tmp_path) is None
     assert predecessor.take_dead(tmp_path, "switchboard") is None
 
 
-def _a_finished_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
-    return int(child.stdout)
-
-
 async def test_a_removal_that_fails_puts_the_record_back_for_the_next_remover(tmp_path: Path) -> None:
     """The supervisor takes the record when the worker dies; if the broker is down too, the restarted worker must
     still find it and try again once the broker answers."""
-    dead_pid = _a_finished_pid()
     (port,) = free_port_block(1)
     settings = load_settings(data_dir=tmp_path / "data", kafka={"bootstrap_servers": f"127.0.0.1:{port}"})
-    predecessor.record(tmp_path, "switchboard", "member-b")
-    mine = predecessor.read(tmp_path)
-    assert mine is not None
-    (tmp_path / predecessor.RECORD_NAME).write_text(json.dumps(asdict(replace(mine, pid=dead_pid))))
+    _a_dead_workers_record(tmp_path, "member-b")
     taken = predecessor.take_dead(tmp_path, "switchboard")
     assert taken is not None
     assert await predecessor.remove(settings, taken, tmp_path) is False  # nothing listens on that port
