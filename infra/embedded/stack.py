@@ -280,6 +280,9 @@ class EmbeddedStack:
             restarts = supervised.get(name)
             if restarts is not None:
                 detail = "; ".join(part for part in (detail, restarts.describe(running)) if part)
+            if name == SUPERVISOR and not running and any(r.alive for r in records.values()):
+                detail = "; ".join(part for part in (detail, "nothing starts again a component that dies until "
+                                                     "`switchboard up` starts the supervisor again") if part)
             statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
                                             endpoint, log, detail))
         return statuses

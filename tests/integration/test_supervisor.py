@@ -87,6 +87,14 @@ async def test_a_killed_worker_and_broker_come_back_by_themselves(tmp_path: Path
             assert "killed by SIGKILL" in status.detail, status.detail
             _, replies = await chat.say("and again")
             assert [r.data["text"] for r in replies] == ["You said: and again (turn 4)"]
+
+            # Nothing restarts the supervisor itself: status says so, and `up` starts it again.
+            supervisor = _record(stack, "supervisor")
+            _kill(supervisor)
+            unsupervised = await _status_until(stack, "supervisor", lambda s: not s.running)
+            assert "until `switchboard up` starts the supervisor again" in unsupervised.detail, unsupervised.detail
+            again_up = {s.name: s for s in await stack.up()}
+            assert again_up["supervisor"].running and again_up["supervisor"].pid != supervisor.pid
     finally:
         recorded = stack.records()
         outcomes = dict(stack.down())
