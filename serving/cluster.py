@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import psutil
+
 from infra.config import Settings
 from serving.errors import ServingUnavailableError, missing
 
@@ -155,9 +157,16 @@ def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
     with _JOINING:
         _leave(ray, "to start a local Ray")
         _enable_faulthandler()
+        def init() -> Any:
+            return ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                            log_to_driver=False, namespace=NAMESPACE, configure_logging=False)
+
+        def shutdown() -> None:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
         try:
-            context = ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                               log_to_driver=False, namespace=NAMESPACE, configure_logging=False)
+            context = retry_node_startup(init, shutdown)
         except Exception as exc:  # Ray raises plain RuntimeErrors and ConnectionErrors here
             raise ServingUnavailableError(f"Ray could not start: {type(exc).__name__}: {exc}; check free memory "
                                           "and /tmp space (Ray keeps its session files in /tmp/ray), or point "
@@ -165,6 +174,50 @@ def start_local_ray(settings: Settings, cpus: float | None = None) -> str:
         address = str(context.address_info["gcs_address"])
         _connected_to.append(address)  # a client of this process's own Ray: connecting to it again is a no-op
     return address
+
+
+#: Attempts at starting a local Ray. `ray.init` gives its node a fixed 30 s to register with the GCS (ray 2.60,
+#: `ray/_private/node.py`), which a loaded two-core machine can miss (seen once in CI, ray-project/ray#47087).
+LOCAL_START_ATTEMPTS = 2
+_NODE_STARTUP_TIMEOUT = "timed out during startup"
+
+
+def is_node_startup_timeout(exc: BaseException) -> bool:
+    """Whether `ray.init` failed because its new node did not register in time (Ray raises a plain Exception)."""
+    return _NODE_STARTUP_TIMEOUT in str(exc)
+
+
+def retry_node_startup(init: Callable[[], T], shutdown: Callable[[], None],
+                       attempts: int = LOCAL_START_ATTEMPTS) -> T:
+    """`init()` (a local `ray.init`), started once more when its node did not register in time, after
+    `shutdown()` and after killing what the failed start left; any other error, and the last attempt's,
+    propagate."""
+    for attempt in range(1, attempts + 1):
+        before = _children()
+        try:
+            return init()
+        except Exception as exc:
+            if attempt == attempts or not is_node_startup_timeout(exc):
+                raise
+            log.warning("Ray's node did not register within Ray's fixed 30 s (attempt %d of %d; a busy machine); "
+                        "stopping what that start left and starting again", attempt, attempts)
+            shutdown()
+            _kill_children_since(before)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _kill_children_since(before: set[int]) -> None:
+    """Kill the processes this process started since `before` was taken: what a failed `ray.init` left (its GCS,
+    raylet and helpers), which would otherwise run on beside the next attempt's."""
+    leftovers = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
+    for child in leftovers:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(leftovers, timeout=10)
 
 
 def _enable_faulthandler() -> None:
