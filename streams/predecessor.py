@@ -29,6 +29,7 @@ import psutil
 
 from infra.bus.groups import remove_member
 from infra.config import Settings
+from infra.embedded.process import live_process
 
 log = logging.getLogger(__name__)
 RECORD_NAME = "group-member.json"
@@ -48,15 +49,10 @@ class MemberRecord:
         if self.host != socket.gethostname():
             return False  # another machine's process: its pid says nothing here
         try:
-            process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.started) > 0.01:
-                return True  # its pid was given to a new process
-            # A zombie has exited, its parent has not reaped it yet: the supervisor sees a death that early.
-            return bool(process.status() == psutil.STATUS_ZOMBIE)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return True
+            # A zombie counts as gone: the supervisor sees a death before the parent has reaped the process.
+            return live_process(self.pid, self.started, tolerance_s=0.01) is None
         except psutil.Error:
-            return False
+            return False  # cannot tell: leave the member to its session
 
 
 def record(datadir: Path, group: str, member_id: str) -> None:

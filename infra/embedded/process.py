@@ -45,16 +45,27 @@ class ProcessRecord:
     def process(self) -> psutil.Process | None:
         """The live process, or None if it exited (or the PID now belongs to someone else)."""
         try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.started) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
+            return live_process(self.pid, self.started)
         except psutil.Error:
             return None
 
     @property
     def alive(self) -> bool:
         return self.process() is not None
+
+
+def live_process(pid: int, started: float, tolerance_s: float = 1.0) -> psutil.Process | None:
+    """Process `pid` if it still runs and is the one created at `started` (psutil's create_time, within
+    `tolerance_s`); None once it has exited, also while it is a zombie its parent has not reaped yet (some inits
+    reap only every few seconds), or when the pid now names another process. Raises psutil.Error (AccessDenied)
+    when that cannot be told: the callers decide what an unknown state means."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - started) > tolerance_s or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return None
 
 
 def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path,
