@@ -11,6 +11,7 @@ import faust
 
 from infra.bus.clients import ssl_context
 from infra.config import Settings
+from streams import tables
 from streams.bounded_stop import Worker
 from streams.directory import announce_agents
 from streams.recognisers import run_shared_caches
@@ -90,6 +91,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
     kafka = settings.kafka
     datadir = worker_data_dir(settings, worker_id)
     datadir.mkdir(parents=True, exist_ok=True)
+    tables.install()  # a rebalance collects garbage only when a table store dropped a database
     brokers = ";".join(f"switchboard://{server.strip()}" for server in settings.bootstrap_servers.split(","))
     app = SwitchboardApp(
         settings.workers.app_id,
@@ -116,7 +118,7 @@ def create_app(settings: Settings, processors: list[Processor | StatefulProcesso
         broker_commit_every=100,
         broker_commit_interval=1.0,
         Worker=Worker,  # its stop has a deadline (workers.stop_timeout_s)
-        TableManager=TableManager,  # without Faust's 1 s pause at start
+        TableManager=TableManager,  # without Faust's 1 s pause at start (and see tables.install above)
     )
     app.fetch_max_wait_ms = kafka.effective_fetch_max_wait_ms
     app.switchboard_settings = settings
