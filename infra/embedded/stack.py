@@ -150,7 +150,21 @@ class EmbeddedStack:
                     stop(record, self.settings.embedded.stop_timeout_s)
                     self._forget(record.name)
                 raise
+            self._retire_extra_workers(running, components, progress)
         return await self.status()
+
+    def _retire_extra_workers(self, running: dict[str, ProcessRecord], components: list[Component],
+                              progress: Progress) -> None:
+        """Stop the running workers beyond `workers.count` (an earlier `up` started more): once the planned ones
+        run, so that the group never has fewer. Left running, such a worker kept consuming its share of every
+        topic while `status`, which shows what is planned, no longer listed it. Stopped on its signal, it leaves
+        the consumer group itself, and the group rebalances at once."""
+        planned = {component.name for component in components}
+        for name, record in running.items():
+            if name.startswith("worker-") and name not in planned:
+                outcome = stop(record, self.settings.embedded.stop_timeout_s)
+                self._forget(name)
+                progress(f"{name}: {outcome} (workers.count is {self.settings.workers.count})")
 
     def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
                           progress: Progress) -> None:
