@@ -72,7 +72,9 @@ def cli(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
 def _print_status(statuses: list[Any]) -> None:
     width = max((len(s.name) for s in statuses), default=10)
     for s in statuses:
-        if not s.running:
+        if not s.planned:
+            state = click.style("unplanned", fg="yellow")
+        elif not s.running:
             state = click.style("stopped", fg="yellow")
         elif s.healthy:
             state = click.style("healthy", fg="green")
@@ -83,7 +85,7 @@ def _print_status(statuses: list[Any]) -> None:
         indent = " " * (width + 3)
         if s.detail:
             click.echo(f"{indent}{s.detail}")
-        if s.running and not s.healthy:
+        if s.running and not s.healthy and s.planned:
             click.echo(f"{indent}log: {s.log}")
 
 
@@ -106,7 +108,7 @@ def up(ctx: click.Context, workers: int | None) -> None:
     click.echo("Running:")
     _print_status(statuses)
     click.echo(f"Logs: {settings.data_dir / 'logs'}.  Try: switchboard chat   Stop: switchboard down")
-    if not all(s.running and s.healthy for s in statuses):
+    if not all(s.running and s.healthy for s in statuses if s.planned):
         sys.exit(1)
 
 
@@ -158,7 +160,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 if lag.lag:
                     click.echo(f"  {lag.topic}/{lag.partition}: committed {lag.committed}, end {lag.end}, "
                                f"lag {lag.lag}")
-    if not all(s.running and s.healthy for s in statuses):
+    if not all(s.running and s.healthy for s in statuses if s.planned):
         sys.exit(3)
 
 

@@ -37,6 +37,9 @@ class ComponentStatus:
     endpoint: str
     log: str
     detail: str = ""
+    #: False for a process `up` started that these settings no longer plan (say, a worker beyond workers.count):
+    #: it runs, but whether it answers is not checked, and it does not count towards the stack's health.
+    planned: bool = True
 
 
 def _noop(_: str) -> None:
@@ -299,7 +302,22 @@ class EmbeddedStack:
                                                      "`switchboard up` starts the supervisor again") if part)
             statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
                                             endpoint, log, detail))
+        statuses.extend(self._unplanned(records, {name for name, _, _ in plan_names(self.settings)}))
         return statuses
+
+    def _unplanned(self, records: dict[str, ProcessRecord], planned: set[str]) -> list[ComponentStatus]:
+        """Running components these settings do not plan: left out, they would run unseen."""
+        found = []
+        for name, record in records.items():
+            if name in planned or not record.alive:
+                continue
+            if name.startswith("worker-"):
+                detail = (f"not planned: workers.count is {self.settings.workers.count}; `switchboard up` stops it, "
+                          "and until then it consumes its share of the workers' topics")
+            else:
+                detail = "not planned by these settings; `switchboard down` stops it"
+            found.append(ComponentStatus(name, record.pid, True, None, "-", record.log, detail, planned=False))
+        return found
 
 
 def _stop_round(name: str) -> int:

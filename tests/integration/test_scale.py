@@ -1,5 +1,6 @@
-"""`switchboard up` with fewer workers than are running stops the extra ones (infra/embedded/stack.py): before, a
-worker beyond `workers.count` kept consuming its share of every topic while `status` no longer listed it."""
+"""`switchboard up` with fewer workers than are running stops the extra ones, and `status` shows a running worker
+these settings do not plan (infra/embedded/stack.py): before, a worker beyond `workers.count` kept consuming its
+share of every topic while `status` no longer listed it."""
 
 from __future__ import annotations
 
@@ -34,8 +35,14 @@ async def test_up_with_fewer_workers_stops_the_extra_ones_and_the_rest_answers(t
             _, replies = await chat.say("with two")
             assert [r.data["text"] for r in replies] == ["You said: with two (turn 1)"]
 
-            progress: list[str] = []
+            # Settings with one worker, before `up` applies them: status still shows the second one, as unplanned.
             stack = EmbeddedStack(one)
+            before = {s.name: s for s in await stack.status()}
+            assert before["worker-1"].running and not before["worker-1"].planned, before["worker-1"]
+            assert before["worker-1"].pid == extra.pid and "workers.count is 1" in before["worker-1"].detail
+            assert all(s.planned for name, s in before.items() if name != "worker-1")
+
+            progress: list[str] = []
             statuses = {s.name: s for s in await stack.up(progress.append)}
             assert "worker-1: stopped (workers.count is 1)" in progress, progress
             assert _gone(extra.pid)
