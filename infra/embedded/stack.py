@@ -160,14 +160,18 @@ class EmbeddedStack:
                               progress: Progress) -> None:
         """Stop the running workers beyond `workers.count` (an earlier `up` started more): once the planned ones
         run, so that the group never has fewer. Left running, such a worker kept consuming its share of every
-        topic while `status`, which shows what is planned, no longer listed it. Stopped on its signal, it leaves
-        the consumer group itself, and the group rebalances at once."""
+        topic. Stopped on their signal, all at once, they leave the consumer group themselves, in one rebalance.
+        The supervisor watches only planned components, so it neither restarts them nor counts their end."""
         planned = {component.name for component in components}
-        for name, record in running.items():
-            if name.startswith("worker-") and name not in planned:
-                outcome = stop(record, self.settings.embedded.stop_timeout_s)
-                self._forget(name)
-                progress(f"{name}: {outcome} (workers.count is {self.settings.workers.count})")
+        extra = [r for name, r in running.items() if name.startswith("worker-") and name not in planned]
+        if not extra:
+            return
+        timeout_s = self.settings.embedded.stop_timeout_s
+        with ThreadPoolExecutor(max_workers=len(extra)) as pool:
+            outcomes = list(pool.map(lambda r: stop(r, timeout_s), extra))
+        for record, outcome in zip(extra, outcomes, strict=True):
+            self._forget(record.name)
+            progress(f"{record.name}: {outcome} (workers.count is {self.settings.workers.count})")
 
     def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
                           progress: Progress) -> None:

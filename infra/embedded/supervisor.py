@@ -60,11 +60,15 @@ class Supervisor:
         self._unwatch: dict[str, Callable[[], None]] = {}
         self._restarting: dict[str, asyncio.Task[None]] = {}
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # processes it started: it must reap them
-        # Deaths already handled: a record left dead (a component no longer planned) is not restarted every scan.
+        # Deaths already handled: a record left dead is not handled again at every scan.
         self._dead: set[tuple[str, int, float]] = set()
         self._removing: set[asyncio.Task[bool]] = set()
         # Planned now, so that what planning imports is loaded before a component is down (0.4 s).
-        self._worker_ids = {c.name: c.env[WORKER_ID_ENV] for c in plan(settings) if WORKER_ID_ENV in c.env}
+        components = plan(settings)
+        # Only these are watched: a process the settings no longer plan (a worker beyond workers.count, which `up`
+        # stops) is not restarted, and its end is not a death.
+        self._planned = {c.name for c in components}
+        self._worker_ids = {c.name: c.env[WORKER_ID_ENV] for c in components if WORKER_ID_ENV in c.env}
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Watch until cancelled; `ready` is called once every running component is watched."""
@@ -86,7 +90,7 @@ class Supervisor:
     # -- watching ------------------------------------------------------------------------------------------------
     def _scan(self) -> None:
         for record in self.stack.records():
-            if record.name == SUPERVISOR or record.name in self._restarting:
+            if record.name == SUPERVISOR or record.name not in self._planned or record.name in self._restarting:
                 continue
             key = (record.pid, record.started)
             if self._watched.get(record.name) == key or (record.name, *key) in self._dead:

@@ -12,6 +12,8 @@ import pytest
 from infra.console import ChatSession
 from infra.embedded import EmbeddedStack
 from infra.testing import embedded_settings
+from streams.app import worker_data_dir
+from streams.predecessor import read as read_member
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +48,18 @@ async def test_up_with_fewer_workers_stops_the_extra_ones_and_the_rest_answers(t
             statuses = {s.name: s for s in await stack.up(progress.append)}
             assert "worker-1: stopped (workers.count is 1)" in progress, progress
             assert _gone(extra.pid)
+            # It stopped cleanly: it left the consumer group itself and dropped its member record, which is only
+            # kept for a worker that died (streams/predecessor.py).
+            assert read_member(worker_data_dir(two, "1")) is None
             assert "worker-1" not in {r.name for r in stack.records()}
             assert "worker-1" not in statuses and statuses["worker-0"].running, statuses
             assert statuses["supervisor"].running, statuses  # started again with the new count
 
-            # The one left takes over every partition: the worker that stopped left the group on its way out.
+            # The one left takes over every partition.
             _, replies = await chat.say("with one")
             assert [r.data["text"] for r in replies] == ["You said: with one (turn 2)"]
     finally:
         stack.down()
     assert stack.records() == []
+    # The supervisor watches what the settings plan: the retired worker's end was no death to it.
+    assert "worker-1 (pid" not in (tmp_path / "logs" / "supervisor.log").read_text()

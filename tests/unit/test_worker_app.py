@@ -6,10 +6,13 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
+from faust.stores import rocksdb as faust_rocksdb
 from faust.tables import TableManager as FaustTableManager
 
 from agents.echo import EchoAgent
 from infra.config import load_settings
+from streams import tables
 from streams.app import create_app
 from streams.bounded_stop import Worker
 from streams.tables import TableManager
@@ -33,3 +36,12 @@ def test_a_worker_app_keeps_the_configured_standby_replicas(tmp_path: Path) -> N
     assert embedded.conf.table_standby_replicas == 0
     chosen = create_app(load_settings(data_dir=tmp_path, workers={"standby_replicas": 2}), [EchoAgent()])
     assert chosen.conf.table_standby_replicas == 2
+
+
+def test_a_worker_app_patches_the_rocksdb_store_to_collect_garbage_only_when_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, upstream in tables.UPSTREAM.items():  # as in a fresh worker process
+        monkeypatch.setattr(faust_rocksdb.Store, name, upstream)
+    assert not tables.installed()
+    create_app(load_settings(data_dir=tmp_path), [EchoAgent()])
+    assert tables.installed()  # behaviour: tests/unit/test_table_store_rebalance.py
