@@ -578,7 +578,10 @@ async def dialogue_stack(storage: str, workers: int, prefix: str) -> AsyncIterat
     with memory_broker() as bootstrap:
         kafka = {"bootstrap_servers": bootstrap, "fetch_max_wait_ms": 10, "session_timeout_ms": 4_000,
                  "rebalance_timeout_ms": 3_000}
-        async with throwaway_stack(prefix, workers, kafka=kafka) as settings:
+        # No table standbys, as embedded: with the bus given by address the default would be 1, and a standby's
+        # changelog partitions would add to every fetch of every worker.
+        async with throwaway_stack(prefix, workers, kafka=kafka,
+                                   worker_settings={"standby_replicas": 0}) as settings:
             yield settings
 
 

@@ -353,12 +353,14 @@ class Spread:
 
 
 @contextlib.asynccontextmanager
-async def throwaway_stack(prefix: str, workers: int, **overrides: Any) -> AsyncIterator[Settings]:
+async def throwaway_stack(prefix: str, workers: int, *, worker_settings: dict[str, Any] | None = None,
+                          **overrides: Any) -> AsyncIterator[Settings]:
     """A fresh embedded stack (SeaweedFS, Tansu on its S3, `workers` Faust workers) on free ports in a temporary
     directory; every process is stopped and the directory removed afterwards, whatever happens. `overrides` are
-    settings sections (`kafka={"bootstrap_servers": ...}` uses that bus instead of starting Tansu)."""
+    settings sections (`kafka={"bootstrap_servers": ...}` uses that bus instead of starting Tansu), and
+    `worker_settings` the workers section's other settings."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        settings = embedded_settings(Path(tmp), workers={"count": workers}, **overrides)
+        settings = embedded_settings(Path(tmp), workers={**(worker_settings or {}), "count": workers}, **overrides)
         async with running_stack(settings=settings):
             yield settings
 
