@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,38 +52,50 @@ async def _next_turns() -> None:
         await asyncio.sleep(0)
 
 
+def _in_a_loop_of_its_own(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `scenario` on a new event loop: nothing left on the tests' shared loop can collect meanwhile."""
+    asyncio.run(scenario())
+
+
 def test_install_is_idempotent() -> None:
     tables.install()
     tables.install()
     assert tables.installed()
 
 
-async def test_a_rebalance_that_drops_no_database_collects_nothing(tmp_path: Path,
-                                                                   full_collections: list[int]) -> None:
+def test_a_rebalance_that_drops_no_database_collects_nothing(tmp_path: Path, full_collections: list[int]) -> None:
     first, second = _stores(tmp_path, "first", "second")
     first._db_for_partition(0)
-    # The survivor of a kill: it gives up nothing, or partitions whose databases it never opened.
-    for store in (first, second):
-        store.revoke_partitions(store.table, {_changelog(store, 2), _changelog(store, 3)})
-    await _next_turns()
+
+    async def scenario() -> None:
+        # The survivor of a kill: it gives up nothing, or partitions whose databases it never opened.
+        for store in (first, second):
+            store.revoke_partitions(store.table, {_changelog(store, 2), _changelog(store, 3)})
+        await _next_turns()
+
+    _in_a_loop_of_its_own(scenario)
     assert full_collections == []
     assert 0 in first._dbs, "a database of a partition still assigned stays open"
 
 
-async def test_stores_that_drop_databases_together_share_one_collection(tmp_path: Path,
-                                                                       full_collections: list[int]) -> None:
+def test_stores_that_drop_databases_together_share_one_collection(tmp_path: Path,
+                                                                 full_collections: list[int]) -> None:
     stores = _stores(tmp_path, "first", "second", "third")
     for store in stores:
         store._db_for_partition(0)
         store._db_for_partition(1)
-    for store in stores:  # as TableManager.on_rebalance does, table after table, without yielding
-        store.revoke_partitions(store.table, {_changelog(store, 0)})
-    assert full_collections == [], "the collection waits for the next turn of the event loop"
-    await _next_turns()
+
+    async def scenario() -> None:
+        for store in stores:  # as TableManager.on_rebalance does, table after table, without yielding
+            store.revoke_partitions(store.table, {_changelog(store, 0)})
+        assert full_collections == [], "the collection waits for the next turn of the event loop"
+        await _next_turns()
+
+    _in_a_loop_of_its_own(scenario)
     assert full_collections == [1]
     for store in stores:
         assert set(store._dbs) == {1}
-        store._db_for_partition(0)  # assigned again later: its files were released, so it opens
+        store._db_for_partition(0)  # assigned again at a later rebalance: it opens (its lock was released)
         assert set(store._dbs) == {0, 1}
 
 
@@ -96,14 +108,17 @@ def test_without_a_running_event_loop_the_collection_is_immediate(tmp_path: Path
     assert store._dbs == {}
 
 
-async def test_stopping_the_stores_collects_once_and_releases_their_files(tmp_path: Path,
-                                                                          full_collections: list[int]) -> None:
+def test_stopping_the_stores_collects_once(tmp_path: Path, full_collections: list[int]) -> None:
     stores = _stores(tmp_path, "first", "second", "third")
     stores[0]._db_for_partition(0)
     stores[1]._db_for_partition(2)
-    for store in stores:  # the third never opened a database
-        await store.stop()
-    await _next_turns()
+
+    async def scenario() -> None:
+        for store in stores:  # the third never opened a database
+            await store.stop()
+        await _next_turns()
+
+    _in_a_loop_of_its_own(scenario)
     assert full_collections == [1]
     assert all(store._dbs == {} for store in stores)
-    stores[0]._db_for_partition(0)  # the files were released: the database opens again
+    stores[0]._db_for_partition(0)  # it opens again (its lock was released)
