@@ -36,25 +36,18 @@ class TableManager(FaustTableManager):
             await self.recovery.start()
 
 
-#: Faust's own methods, as imported (tests put them back to check that a worker app installs ours).
-UPSTREAM = {name: faust_rocksdb.Store.__dict__[name] for name in ("revoke_partitions", "stop")}
-
-
 def install() -> None:
     """Patch Faust's RocksDB store so that a rebalance collects garbage only when a store dropped a database.
 
     Idempotent; refuses a Faust other than the one it was written against (`faust_fixes.FaustVersionError`).
     """
     faust_fixes.check_version()
-    if faust_rocksdb.Store.__dict__.get("revoke_partitions") is not _revoke_partitions:
-        faust_rocksdb.Store.revoke_partitions = _revoke_partitions  # type: ignore[method-assign]
-    if faust_rocksdb.Store.__dict__.get("stop") is not _stop:
-        faust_rocksdb.Store.stop = _stop  # type: ignore[method-assign]
+    for name, ours in _PATCHES.items():
+        setattr(faust_rocksdb.Store, name, ours)
 
 
 def installed() -> bool:
-    store = faust_rocksdb.Store.__dict__
-    return store.get("revoke_partitions") is _revoke_partitions and store.get("stop") is _stop
+    return all(faust_rocksdb.Store.__dict__.get(name) is ours for name, ours in _PATCHES.items())
 
 
 def _revoke_partitions(self: Any, table: Any, tps: Any) -> None:
@@ -75,6 +68,11 @@ async def _stop(self: Any) -> None:
         self._dbs.clear()
         collect_soon()
 
+
+#: The store's methods this module replaces, and Faust's own, as imported (tests put them back to check that a
+#: worker app installs ours).
+_PATCHES: dict[str, Any] = {"revoke_partitions": _revoke_partitions, "stop": _stop}
+UPSTREAM = {name: faust_rocksdb.Store.__dict__[name] for name in _PATCHES}
 
 _collection_due: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 

@@ -164,14 +164,20 @@ class EmbeddedStack:
         The supervisor watches only planned components, so it neither restarts them nor counts their end."""
         planned = {component.name for component in components}
         extra = [r for name, r in running.items() if name.startswith("worker-") and name not in planned]
-        if not extra:
-            return
-        timeout_s = self.settings.embedded.stop_timeout_s
-        with ThreadPoolExecutor(max_workers=len(extra)) as pool:
-            outcomes = list(pool.map(lambda r: stop(r, timeout_s), extra))
-        for record, outcome in zip(extra, outcomes, strict=True):
-            self._forget(record.name)
+        for record, outcome in self._stop_together(extra):
             progress(f"{record.name}: {outcome} (workers.count is {self.settings.workers.count})")
+
+    def _stop_together(self, records: list[ProcessRecord]) -> list[tuple[ProcessRecord, str]]:
+        """Stop `records` in parallel (each takes a few seconds to stop cleanly) and forget them; their outcomes,
+        in the order given."""
+        if not records:
+            return []
+        timeout_s = self.settings.embedded.stop_timeout_s
+        with ThreadPoolExecutor(max_workers=len(records)) as pool:
+            outcomes = list(pool.map(lambda r: stop(r, timeout_s), records))
+        for record in records:
+            self._forget(record.name)
+        return list(zip(records, outcomes, strict=True))
 
     def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
                           progress: Progress) -> None:
@@ -263,17 +269,13 @@ class EmbeddedStack:
         reported in plan order."""
         planned = {name: i for i, (name, _, _) in enumerate(plan_names(self.settings))}
         outcomes = []
-        timeout_s = self.settings.embedded.stop_timeout_s
         with self._locked():  # records read under the lock: a start finishing meanwhile is stopped, not orphaned
             rounds: dict[int, list[ProcessRecord]] = {}
             for record in self.records():
                 rounds.setdefault(_stop_round(record.name), []).append(record)
             for _, records in sorted(rounds.items()):
                 records.sort(key=lambda r: -planned.get(r.name, len(planned)))
-                with ThreadPoolExecutor(max_workers=len(records)) as pool:
-                    stopped = list(pool.map(lambda r: stop(r, timeout_s), records))
-                for record, outcome in zip(records, stopped, strict=True):
-                    self._forget(record.name)
+                for record, outcome in self._stop_together(records):
                     progress(f"{record.name}: {outcome}")
                     outcomes.append((record.name, outcome))
         return outcomes
@@ -286,8 +288,8 @@ class EmbeddedStack:
         records = {r.name: r for r in self.records()}
         supervised = read_restarts(self.run_dir)
         statuses = []
-        for component in plan_names(self.settings):
-            name, endpoint, log = component
+        planned = plan_names(self.settings)
+        for name, endpoint, log in planned:
             record = records.get(name)
             running = record is not None and record.alive
             healthy: bool | None = None
@@ -306,7 +308,7 @@ class EmbeddedStack:
                                                      "`switchboard up` starts the supervisor again") if part)
             statuses.append(ComponentStatus(name, record.pid if running and record else None, running, healthy,
                                             endpoint, log, detail))
-        statuses.extend(self._unplanned(records, {name for name, _, _ in plan_names(self.settings)}))
+        statuses.extend(self._unplanned(records, {name for name, _, _ in planned}))
         return statuses
 
     def _unplanned(self, records: dict[str, ProcessRecord], planned: set[str]) -> list[ComponentStatus]:
