@@ -95,7 +95,9 @@ def _print_status(statuses: list[Any]) -> None:
 def up(ctx: click.Context, workers: int | None) -> None:
     """Start the embedded stack (S3, Kafka-protocol broker, MQTT, workers) and wait until each answers.
 
-    Parts configured as external (Kafka, S3 or MQTT address set) are checked, not started.
+    Parts configured as external (Kafka, S3 or MQTT address set) are checked, not started. Run it again after
+    changing the settings: it starts again what runs with other settings (workers one at a time) and stops what
+    the settings no longer plan.
     """
     from infra.embedded import EmbeddedStack
 

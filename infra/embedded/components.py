@@ -40,7 +40,24 @@ class Component:
     log: Path
     stop_signal: signal.Signals = signal.SIGTERM
     start_timeout_s: float | None = None  # how long `up` waits for it (default: embedded.start_timeout_s)
-    settings_digest: str = ""  # set where a running one must be started again when the settings change
+    #: Of what it was started from (`_digest`): `up` starts a running component again when this differs from the
+    #: digest recorded when it was started, so that changed settings take effect.
+    settings_digest: str = ""
+
+
+# Settings that shape the stack rather than what a component does: a change to them starts no component again
+# (`up --workers 3` adds workers; it does not restart the running ones).
+_STACK_SHAPE = frozenset({"SWITCHBOARD_WORKERS__COUNT"})
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_digest(settings: Settings) -> str:
+    """Of the settings our own processes (workers, bridge, model server) are started with: they read most of
+    them, so any change but the stack's shape starts them again."""
+    return _digest({k: v for k, v in settings.environment().items() if k not in _STACK_SHAPE})
 
 
 def logs_dir(settings: Settings) -> Path:
@@ -120,6 +137,7 @@ def seaweedfs(settings: Settings) -> Component:
         name="seaweedfs", command=command, env=env, ports=ports, stop_signal=signal.SIGTERM,
         ready=lambda: checks.s3_ready(settings, create_buckets=True),
         endpoint=f"S3 {settings.s3_endpoint}", cwd=data, log=logs_dir(settings) / "seaweedfs.log",
+        settings_digest=_digest(command, settings.s3.access_key_id, settings.s3.secret_access_key.get_secret_value()),
     )
 
 
@@ -135,11 +153,13 @@ def tansu(settings: Settings) -> Component:
     ]
     data = settings.data_dir / "tansu"
     data.mkdir(parents=True, exist_ok=True)
+    s3_env = _s3_env(settings)
     return Component(
-        name="tansu", command=command, env={**_clean_env(_TANSU_ENV), **_s3_env(settings)}, ports=[emb.kafka_port],
+        name="tansu", command=command, env={**_clean_env(_TANSU_ENV), **s3_env}, ports=[emb.kafka_port],
         stop_signal=signal.SIGINT,  # exits at once; SIGTERM waits 5 s for connected clients
         ready=lambda: checks.kafka_ready(settings),
         endpoint=f"Kafka {settings.bootstrap_servers}", cwd=data, log=logs_dir(settings) / "tansu.log",
+        settings_digest=_digest(command, s3_env),
     )
 
 
@@ -150,7 +170,8 @@ def mqtt(settings: Settings) -> Component:
     data = settings.data_dir / "mqtt"
     data.mkdir(parents=True, exist_ok=True)
     config = data / "amqtt.yaml"
-    config.write_text(checks.amqtt_config(emb.host, emb.mqtt_port))
+    config_text = checks.amqtt_config(emb.host, emb.mqtt_port)
+    config.write_text(config_text)
     # amqtt with the fixes the MQTT bridge's delivery guarantee needs (infra/embedded/mqtt_broker.py).
     command = [sys.executable, "-m", "infra.embedded.mqtt_broker", "-c", str(config)]
     return Component(
@@ -158,6 +179,7 @@ def mqtt(settings: Settings) -> Component:
         stop_signal=signal.SIGINT,  # a clean shutdown (SIGTERM kills it without disconnecting clients)
         ready=lambda: checks.mqtt_ready(settings),
         endpoint=f"MQTT mqtt://{emb.host}:{emb.mqtt_port}", cwd=data, log=logs_dir(settings) / "mqtt.log",
+        settings_digest=_digest(command, config_text),
     )
 
 
@@ -178,6 +200,7 @@ def _python_component(settings: Settings, name: str, module: str, endpoint: str,
         name=name, command=[sys.executable, "-m", module], env=full_env, ports=[],
         ready=lambda: checks.file_appears(ready_file), endpoint=endpoint, cwd=settings.data_dir,
         log=logs_dir(settings) / f"{name}.log", start_timeout_s=start_timeout_s,
+        settings_digest=settings_digest(settings),
     )
 
 
@@ -207,12 +230,11 @@ def model_server(settings: Settings) -> Component:
 def supervisor(settings: Settings) -> Component:
     """The process that starts again any component of the stack that dies (infra/embedded/supervisor.py).
 
-    It plans restarts from the settings it was started with, so `up` with other settings (`--workers 3`) starts
-    it again; the digest tells."""
+    It plans restarts from the settings it was started with, so `up` with any other settings, the stack's shape
+    included (`--workers 3`), starts it again; the digest tells."""
     component = _python_component(settings, SUPERVISOR, "infra.embedded.supervisor",
                                   "restarts a component that dies", ready_env="SWITCHBOARD_READY_FILE")
-    digest = hashlib.sha256(json.dumps(settings.environment(), sort_keys=True).encode()).hexdigest()[:16]
-    return dataclasses.replace(component, settings_digest=digest)
+    return dataclasses.replace(component, settings_digest=_digest(settings.environment()))
 
 
 def plan(settings: Settings) -> list[Component]:

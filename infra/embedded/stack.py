@@ -15,7 +15,7 @@ from typing import IO
 
 from infra.config import Settings
 from infra.embedded import checks
-from infra.embedded.components import SUPERVISOR, Component, plan, run_dir, wait_ready
+from infra.embedded.components import SUPERVISOR, Component, plan, run_dir, settings_digest, wait_ready
 from infra.embedded.process import ProcessRecord, port_owner, spawn, stop, tail
 from topics.errors import StackError
 
@@ -112,8 +112,12 @@ class EmbeddedStack:
             raise StackError("switchboard", f"data directory {data} is not writable ({exc.strerror}); "
                                             "choose another with SWITCHBOARD_DATA_DIR") from None
 
-    def _check_ports(self, component: Component) -> None:
+    def _check_ports(self, component: Component, held: list[int] | None = None) -> None:
+        """Fail if a port the component needs is taken; `held`: those its running predecessor holds (it stops
+        first)."""
         for port in component.ports:
+            if held and port in held:
+                continue
             owner = port_owner(port)
             if owner is not None:
                 setting = _PORT_SETTING.get(component.name, "the SWITCHBOARD_EMBEDDED__*_PORT settings")
@@ -121,7 +125,9 @@ class EmbeddedStack:
                                                  f"Switchboard with {setting}", port=port, log=str(component.log))
 
     async def up(self, progress: Progress = _noop) -> list[ComponentStatus]:
-        """Start whatever is not running yet; wait for each to answer. On failure, stop what this call started."""
+        """Start whatever is not running yet, and again whatever runs with other settings than these (one at a
+        time, in start order: workers roll); wait for each to answer. Then stop what these settings no longer
+        plan. On failure, stop what this call started that was not running before it."""
         self._check_data_dir()
         with self._locked():
             for part, address, error in await checks.external_checks(self.settings):
@@ -131,16 +137,28 @@ class EmbeddedStack:
             running = {r.name: r for r in self.records() if r.alive}
             started: list[ProcessRecord] = []
             components = plan(self.settings)
-            self._renew_supervisor(running, components, progress)
+            stale = {c.name for c in components
+                     if c.name != SUPERVISOR and c.name in running and _outdated(running[c.name], c)}
+            # First: a supervisor left running would take a component stopped below for a death.
+            self._renew_supervisor(running, components, progress, restarting=sorted(stale))
             for component in components:  # fail before starting anything
                 if component.name not in running:
                     self._check_ports(component)
+                elif component.name in stale:
+                    self._check_ports(component, held=running[component.name].ports)
             try:
                 topics_ready = False
                 for component in components:
                     if component.name.startswith(("worker-", "mqtt-bridge")) and not topics_ready:
                         await self._create_topics(progress)
                         topics_ready = True
+                    if component.name in stale:
+                        record = running.pop(component.name)
+                        outcome = stop(record, self.settings.embedded.stop_timeout_s)
+                        progress(f"{component.name}: {outcome} (started with other settings), starting it again")
+                        self._forget(component.name)
+                        await self._start(component, progress)  # kept on a later failure: it ran before this call
+                        continue
                     if component.name in running:
                         progress(f"{component.name}: already running (pid {running[component.name].pid})")
                         continue
@@ -153,19 +171,39 @@ class EmbeddedStack:
                     stop(record, self.settings.embedded.stop_timeout_s)
                     self._forget(record.name)
                 raise
-            self._retire_extra_workers(running, components, progress)
+            self._retire_unplanned(running, components, progress)
         return await self.status()
 
-    def _retire_extra_workers(self, running: dict[str, ProcessRecord], components: list[Component],
-                              progress: Progress) -> None:
-        """Stop the running workers beyond `workers.count` (an earlier `up` started more): once the planned ones
-        run, so that the group never has fewer. Left running, such a worker kept consuming its share of every
-        topic. Stopped on their signal, all at once, they leave the consumer group themselves, in one rebalance.
-        The supervisor watches only planned components, so it neither restarts them nor counts their end."""
+    def _retire_unplanned(self, running: dict[str, ProcessRecord], components: list[Component],
+                          progress: Progress) -> None:
+        """Stop the running components these settings do not plan: workers beyond `workers.count` (an earlier
+        `up` started more), the bridge or the model server once turned off, an embedded server once the settings
+        name an external one. Left running, a worker kept consuming its share of every topic, and a bridge kept
+        publishing. Stopped after the planned ones run, so that the group never has fewer workers; those of one
+        round (`_stop_round`: users before what they use) together, on their signal, so that workers leave the
+        consumer group themselves, in one rebalance. The supervisor watches only planned components, so it
+        neither restarts them nor counts their end."""
         planned = {component.name for component in components}
-        extra = [r for name, r in running.items() if name.startswith("worker-") and name not in planned]
-        for record, outcome in self._stop_together(extra):
-            progress(f"{record.name}: {outcome} (workers.count is {self.settings.workers.count})")
+        rounds: dict[int, list[ProcessRecord]] = {}
+        for name, record in running.items():
+            if name not in planned and name != SUPERVISOR:  # the supervisor: `_renew_supervisor`
+                rounds.setdefault(_stop_round(name), []).append(record)
+        for _, records in sorted(rounds.items()):
+            for record, outcome in self._stop_together(records):
+                progress(f"{record.name}: {outcome} ({self._not_planned_because(record.name)})")
+
+    def _not_planned_because(self, name: str) -> str:
+        settings = self.settings
+        if name.startswith("worker-"):
+            return f"workers.count is {settings.workers.count}"
+        return {
+            "mqtt-bridge": "bridge.enabled is off",
+            "serving": ("serving.enabled is off" if not settings.serving.enabled
+                        else "serving.ray_address names a Ray cluster"),
+            "tansu": "kafka.bootstrap_servers names an external Kafka",
+            "seaweedfs": "s3.endpoint_url names an external S3",
+            "mqtt": "mqtt.host names an external broker",
+        }.get(name, "these settings do not plan it")
 
     def _stop_together(self, records: list[ProcessRecord]) -> list[tuple[ProcessRecord, str]]:
         """Stop `records` in parallel (each takes a few seconds to stop cleanly) and forget them; their outcomes,
@@ -180,16 +218,22 @@ class EmbeddedStack:
         return list(zip(records, outcomes, strict=True))
 
     def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
-                          progress: Progress) -> None:
+                          progress: Progress, restarting: list[str]) -> None:
         """Stop a running supervisor that plans from other settings than these (it would not restart a worker
-        that `up --workers 3` added), or that these settings turn off; the first case starts a new one below."""
+        that `up --workers 3` added), that these settings turn off, or while `up` starts components again
+        (`restarting`); the first and last cases start a new one below."""
         current = running.get(SUPERVISOR)
         if current is None:
             return
         wanted = next((c for c in components if c.name == SUPERVISOR), None)
-        if wanted is not None and wanted.settings_digest == current.settings_digest:
+        if wanted is None:
+            why = "embedded.supervise is off"
+        elif wanted.settings_digest != current.settings_digest:
+            why = "the settings changed"
+        elif restarting:
+            why = f"while {', '.join(restarting)} start again"
+        else:
             return
-        why = "the settings changed" if wanted is not None else "embedded.supervise is off"
         progress(f"{SUPERVISOR}: {stop(current, self.settings.embedded.stop_timeout_s)} ({why})")
         self._forget(SUPERVISOR)
         del running[SUPERVISOR]
@@ -289,6 +333,7 @@ class EmbeddedStack:
         supervised = read_restarts(self.run_dir)
         statuses = []
         planned = plan_names(self.settings)
+        ours = settings_digest(self.settings)  # of the workers, the bridge and the model server
         for name, endpoint, log in planned:
             record = records.get(name)
             running = record is not None and record.alive
@@ -303,6 +348,10 @@ class EmbeddedStack:
             restarts = supervised.get(name)
             if restarts is not None:
                 detail = "; ".join(part for part in (detail, restarts.describe(running)) if part)
+            if (running and record is not None and _ours(name) and record.settings_digest
+                    and record.settings_digest != ours):
+                detail = "; ".join(part for part in (detail, "started with other settings: `switchboard up` starts "
+                                                     "it again with these") if part)
             if name == SUPERVISOR and not running and any(r.alive for r in records.values()):
                 detail = "; ".join(part for part in (detail, "nothing starts again a component that dies until "
                                                      "`switchboard up` starts the supervisor again") if part)
@@ -317,13 +366,22 @@ class EmbeddedStack:
         for name, record in records.items():
             if name in planned or not record.alive:
                 continue
+            detail = f"not planned: {self._not_planned_because(name)}; `switchboard up` stops it"
             if name.startswith("worker-"):
-                detail = (f"not planned: workers.count is {self.settings.workers.count}; `switchboard up` stops it, "
-                          "and until then it consumes its share of the workers' topics")
-            else:
-                detail = "not planned by these settings; `switchboard down` stops it"
+                detail += ", and until then it consumes its share of the workers' topics"
             found.append(ComponentStatus(name, record.pid, True, None, "-", record.log, detail, planned=False))
         return found
+
+
+def _ours(name: str) -> bool:
+    """One of our own Python processes, started from the settings as a whole (`settings_digest`)."""
+    return name.startswith("worker-") or name in ("mqtt-bridge", "serving")
+
+
+def _outdated(record: ProcessRecord, component: Component) -> bool:
+    """True when `record`'s process was started from other settings than `component` plans. A record without a
+    digest (written before digests were recorded) is taken as current: nothing restarts on an upgrade alone."""
+    return bool(record.settings_digest) and record.settings_digest != component.settings_digest
 
 
 def _stop_round(name: str) -> int:

@@ -1,6 +1,8 @@
-"""`switchboard up` with fewer workers than are running stops the extra ones, and `status` shows a running worker
-these settings do not plan (infra/embedded/stack.py): before, a worker beyond `workers.count` kept consuming its
-share of every topic while `status` no longer listed it."""
+"""`switchboard up` applies changed settings to a running stack (infra/embedded/stack.py): with fewer workers than
+are running it stops the extra ones, it stops a component the settings turned off, and it starts again a component
+started from other settings; `status` shows both kinds before `up` runs. Before, a worker beyond `workers.count`
+kept consuming its share of every topic while `status` no longer listed it, a bridge turned off kept running, and
+`up` left every running worker on its old settings ("already running")."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from infra.console import ChatSession
 from infra.embedded import EmbeddedStack
+from infra.embedded.components import settings_digest
 from infra.testing import embedded_settings
 from streams.app import worker_data_dir
 from streams.predecessor import read as read_member
@@ -63,3 +66,51 @@ async def test_up_with_fewer_workers_stops_the_extra_ones_and_the_rest_answers(t
     assert stack.records() == []
     # The supervisor watches what the settings plan: the retired worker's end was no death to it.
     assert "worker-1 (pid" not in (tmp_path / "logs" / "supervisor.log").read_text()
+
+
+async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_turned_off(tmp_path: Path) -> None:
+    old = embedded_settings(tmp_path, embedded={"supervise": True}, workers={"count": 1}, bridge={"enabled": True})
+    new = old.model_copy(update={"kafka": old.kafka.model_copy(update={"fetch_max_wait_ms": 20}),
+                                 "bridge": old.bridge.model_copy(update={"enabled": False})})
+    stack = EmbeddedStack(old)
+    try:
+        await stack.up()
+        before = {r.name: r for r in stack.records()}
+        async with ChatSession(old, "echo", "settings", reply_timeout_s=60.0) as chat:
+            _, replies = await chat.say("before")
+            assert [r.data["text"] for r in replies] == ["You said: before (turn 1)"]
+
+            stack = EmbeddedStack(new)
+            status = {s.name: s for s in await stack.status()}
+            assert "started with other settings" in status["worker-0"].detail, status["worker-0"]
+            assert not status["mqtt-bridge"].planned and "bridge.enabled is off" in status["mqtt-bridge"].detail
+
+            progress: list[str] = []
+            statuses = {s.name: s for s in await stack.up(progress.append)}
+            assert "worker-0: stopped (started with other settings), starting it again" in progress, progress
+            assert "mqtt-bridge: stopped (bridge.enabled is off)" in progress, progress
+            assert "supervisor: stopped (the settings changed)" in progress, progress
+            after = {r.name: r for r in stack.records()}
+            assert after["worker-0"].pid != before["worker-0"].pid and _gone(before["worker-0"].pid)
+            assert after["worker-0"].settings_digest == settings_digest(new)
+            environ = psutil.Process(after["worker-0"].pid).environ()
+            assert environ["SWITCHBOARD_KAFKA__FETCH_MAX_WAIT_MS"] == "20"
+            assert _gone(before["mqtt-bridge"].pid) and "mqtt-bridge" not in after and "mqtt-bridge" not in statuses
+            for server in ("seaweedfs", "tansu", "mqtt"):  # their settings did not change
+                assert after[server].pid == before[server].pid, server
+            assert all(s.running and s.healthy for s in statuses.values()), statuses
+            assert "started with other settings" not in statuses["worker-0"].detail
+
+            # The new worker goes on from the state the old one left: the session's second turn.
+            _, replies = await chat.say("after")
+            assert [r.data["text"] for r in replies] == ["You said: after (turn 2)"]
+
+            progress.clear()
+            await stack.up(progress.append)  # nothing changed since: nothing starts again
+            assert f"worker-0: already running (pid {after['worker-0'].pid})" in progress, progress
+    finally:
+        stack.down()
+    assert stack.records() == []
+    supervisor_log = (tmp_path / "logs" / "supervisor.log").read_text()
+    assert "worker-0 (pid" not in supervisor_log and "mqtt-bridge (pid" not in supervisor_log, \
+        "a component `up` stopped is no death to the supervisor"
