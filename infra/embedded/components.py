@@ -45,13 +45,22 @@ class Component:
     settings_digest: str = ""
 
 
-# Settings that shape the stack rather than what a component does: a change to them starts no component again
-# (`up --workers 3` adds workers; it does not restart the running ones).
-_STACK_SHAPE = frozenset({"SWITCHBOARD_WORKERS__COUNT"})
+# Settings that shape the stack rather than what a component does (only `up`, `status` and the supervisor read
+# them): a change to them starts no component again. `up --workers 3` adds workers, it does not restart the
+# running ones; turning the bridge off stops the bridge, not the workers.
+_STACK_SHAPE = frozenset({"SWITCHBOARD_WORKERS__COUNT", "SWITCHBOARD_BRIDGE__ENABLED",
+                          "SWITCHBOARD_EMBEDDED__SUPERVISE", "SWITCHBOARD_EMBEDDED__START_TIMEOUT_S",
+                          "SWITCHBOARD_EMBEDDED__STOP_TIMEOUT_S"})
 
 
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _server_digest(command: list[str], *settings_parts: object) -> str:
+    """Of a server's arguments and what else it takes from the settings, not of its executable's path: another
+    interpreter or a reinstalled binary is no change of settings."""
+    return _digest(command[1:], *settings_parts)
 
 
 def settings_digest(settings: Settings) -> str:
@@ -137,7 +146,8 @@ def seaweedfs(settings: Settings) -> Component:
         name="seaweedfs", command=command, env=env, ports=ports, stop_signal=signal.SIGTERM,
         ready=lambda: checks.s3_ready(settings, create_buckets=True),
         endpoint=f"S3 {settings.s3_endpoint}", cwd=data, log=logs_dir(settings) / "seaweedfs.log",
-        settings_digest=_digest(command, settings.s3.access_key_id, settings.s3.secret_access_key.get_secret_value()),
+        settings_digest=_server_digest(command, settings.s3.access_key_id,
+                                       settings.s3.secret_access_key.get_secret_value()),
     )
 
 
@@ -159,7 +169,7 @@ def tansu(settings: Settings) -> Component:
         stop_signal=signal.SIGINT,  # exits at once; SIGTERM waits 5 s for connected clients
         ready=lambda: checks.kafka_ready(settings),
         endpoint=f"Kafka {settings.bootstrap_servers}", cwd=data, log=logs_dir(settings) / "tansu.log",
-        settings_digest=_digest(command, s3_env),
+        settings_digest=_server_digest(command, s3_env),
     )
 
 
@@ -179,7 +189,7 @@ def mqtt(settings: Settings) -> Component:
         stop_signal=signal.SIGINT,  # a clean shutdown (SIGTERM kills it without disconnecting clients)
         ready=lambda: checks.mqtt_ready(settings),
         endpoint=f"MQTT mqtt://{emb.host}:{emb.mqtt_port}", cwd=data, log=logs_dir(settings) / "mqtt.log",
-        settings_digest=_digest(command, config_text),
+        settings_digest=_server_digest(command, config_text),
     )
 
 
@@ -234,7 +244,8 @@ def supervisor(settings: Settings) -> Component:
     included (`--workers 3`), starts it again; the digest tells."""
     component = _python_component(settings, SUPERVISOR, "infra.embedded.supervisor",
                                   "restarts a component that dies", ready_env="SWITCHBOARD_READY_FILE")
-    return dataclasses.replace(component, settings_digest=_digest(settings.environment()))
+    digest = hashlib.sha256(json.dumps(settings.environment(), sort_keys=True).encode()).hexdigest()[:16]
+    return dataclasses.replace(component, settings_digest=digest)
 
 
 def plan(settings: Settings) -> list[Component]:

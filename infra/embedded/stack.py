@@ -126,8 +126,9 @@ class EmbeddedStack:
 
     async def up(self, progress: Progress = _noop) -> list[ComponentStatus]:
         """Start whatever is not running yet, and again whatever runs with other settings than these (one at a
-        time, in start order: workers roll); wait for each to answer. Then stop what these settings no longer
-        plan. On failure, stop what this call started that was not running before it."""
+        time, in start order: workers roll); wait for each to answer, those already running included. Then stop
+        what these settings no longer plan. On failure, stop what this call started that was not running before
+        it; a component it was starting again stays stopped, and the error says which."""
         self._check_data_dir()
         with self._locked():
             for part, address, error in await checks.external_checks(self.settings):
@@ -139,30 +140,31 @@ class EmbeddedStack:
             components = plan(self.settings)
             stale = {c.name for c in components
                      if c.name != SUPERVISOR and c.name in running and _outdated(running[c.name], c)}
-            # First: a supervisor left running would take a component stopped below for a death.
-            self._renew_supervisor(running, components, progress, restarting=sorted(stale))
-            for component in components:  # fail before starting anything
+            for component in components:  # fail before changing anything
                 if component.name not in running:
                     self._check_ports(component)
                 elif component.name in stale:
                     self._check_ports(component, held=running[component.name].ports)
+            # A supervisor left running would take a component stopped below for a death.
+            supervisor_stopped = self._renew_supervisor(running, components, progress, restarting=sorted(stale))
             try:
                 topics_ready = False
                 for component in components:
                     if component.name.startswith(("worker-", "mqtt-bridge")) and not topics_ready:
                         await self._create_topics(progress)
                         topics_ready = True
-                    if component.name in stale:
-                        record = running.pop(component.name)
+                    record = running.get(component.name)
+                    if record is not None and component.name in stale:
                         outcome = stop(record, self.settings.embedded.stop_timeout_s)
                         progress(f"{component.name}: {outcome} (started with other settings), starting it again")
                         self._forget(component.name)
                         await self._start(component, progress)  # kept on a later failure: it ran before this call
                         continue
-                    if component.name in running:
-                        progress(f"{component.name}: already running (pid {running[component.name].pid})")
+                    if record is not None and record.alive:
+                        progress(f"{component.name}: already running (pid {record.pid})")
+                        await self._confirm_running(component, record)
                         continue
-                    self._forget(component.name)
+                    self._forget(component.name)  # not running, or died since this call began
                     started.append(await self._start(component, progress))
                 if not topics_ready:
                     await self._create_topics(progress)
@@ -170,9 +172,32 @@ class EmbeddedStack:
                 for record in reversed(started):
                     stop(record, self.settings.embedded.stop_timeout_s)
                     self._forget(record.name)
+                if supervisor_stopped is not None and not any(r.name == SUPERVISOR for r in started):
+                    await self._restore_supervisor(supervisor_stopped, progress)
                 raise
             self._retire_unplanned(running, components, progress)
         return await self.status()
+
+    async def _confirm_running(self, component: Component, record: ProcessRecord) -> None:
+        """A component already running answers, and does what these settings need of it: SeaweedFS's check
+        creates their buckets, which may be new. Not stopped if it does not: the error says so."""
+        try:
+            await wait_ready(component, lambda: record.alive,
+                             component.start_timeout_s or self.settings.embedded.start_timeout_s)
+        except StackError as exc:
+            state = ("has exited since; `switchboard up` starts it" if not record.alive
+                     else f"does not answer: {exc.reason}; see its log, or restart the stack with `switchboard down` "
+                          "and `switchboard up`")
+            raise StackError(component.name, f"was running (pid {record.pid}) but {state}\n  last log lines:\n"
+                                             f"{tail(component.log)}", log=str(component.log)) from None
+
+    async def _restore_supervisor(self, component: Component, progress: Progress) -> None:
+        """After a failed `up` that had stopped the supervisor: start it again, so that what runs stays watched
+        (best effort: the failure being reported matters more)."""
+        try:
+            await self._start(component, progress)
+        except (StackError, OSError) as exc:
+            progress(f"{SUPERVISOR}: could not be started again ({exc}); `switchboard up` starts it")
 
     def _retire_unplanned(self, running: dict[str, ProcessRecord], components: list[Component],
                           progress: Progress) -> None:
@@ -218,25 +243,27 @@ class EmbeddedStack:
         return list(zip(records, outcomes, strict=True))
 
     def _renew_supervisor(self, running: dict[str, ProcessRecord], components: list[Component],
-                          progress: Progress, restarting: list[str]) -> None:
+                          progress: Progress, restarting: list[str]) -> Component | None:
         """Stop a running supervisor that plans from other settings than these (it would not restart a worker
         that `up --workers 3` added), that these settings turn off, or while `up` starts components again
-        (`restarting`); the first and last cases start a new one below."""
+        (`restarting`); in the first and last cases a new one starts last. The planned supervisor, when one was
+        stopped and these settings plan one (for a failed `up` to start it again)."""
         current = running.get(SUPERVISOR)
         if current is None:
-            return
+            return None
         wanted = next((c for c in components if c.name == SUPERVISOR), None)
         if wanted is None:
             why = "embedded.supervise is off"
         elif wanted.settings_digest != current.settings_digest:
             why = "the settings changed"
         elif restarting:
-            why = f"while {', '.join(restarting)} start again"
+            why = f"so as not to start again what `up` restarts: {', '.join(restarting)}"
         else:
-            return
+            return None
         progress(f"{SUPERVISOR}: {stop(current, self.settings.embedded.stop_timeout_s)} ({why})")
         self._forget(SUPERVISOR)
         del running[SUPERVISOR]
+        return wanted
 
     async def _start(self, component: Component, progress: Progress) -> ProcessRecord:
         proc, record = self._spawn(component, progress)

@@ -71,7 +71,8 @@ async def test_up_with_fewer_workers_stops_the_extra_ones_and_the_rest_answers(t
 async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_turned_off(tmp_path: Path) -> None:
     old = embedded_settings(tmp_path, embedded={"supervise": True}, workers={"count": 1}, bridge={"enabled": True})
     new = old.model_copy(update={"kafka": old.kafka.model_copy(update={"fetch_max_wait_ms": 20}),
-                                 "bridge": old.bridge.model_copy(update={"enabled": False})})
+                                 "bridge": old.bridge.model_copy(update={"enabled": False}),
+                                 "s3": old.s3.model_copy(update={"bucket": "switchboard-renamed"})})
     stack = EmbeddedStack(old)
     try:
         await stack.up()
@@ -96,8 +97,9 @@ async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_tur
             environ = psutil.Process(after["worker-0"].pid).environ()
             assert environ["SWITCHBOARD_KAFKA__FETCH_MAX_WAIT_MS"] == "20"
             assert _gone(before["mqtt-bridge"].pid) and "mqtt-bridge" not in after and "mqtt-bridge" not in statuses
-            for server in ("seaweedfs", "tansu", "mqtt"):  # their settings did not change
+            for server in ("seaweedfs", "tansu", "mqtt"):  # their arguments did not change
                 assert after[server].pid == before[server].pid, server
+            # Healthy, SeaweedFS included: it was checked as it ran, which created the new bucket.
             assert all(s.running and s.healthy for s in statuses.values()), statuses
             assert "started with other settings" not in statuses["worker-0"].detail
 

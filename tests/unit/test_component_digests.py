@@ -14,7 +14,7 @@ from infra.embedded.components import plan
 
 
 def _digests(data_dir: Path, **overrides: Any) -> dict[str, str]:
-    settings = load_settings(data_dir=data_dir, bridge={"enabled": True}, **overrides)
+    settings = load_settings(data_dir=data_dir, **{"bridge": {"enabled": True}, **overrides})
     return {c.name: c.settings_digest for c in plan(settings)}
 
 
@@ -63,3 +63,11 @@ def test_a_restart_by_the_supervisor_records_the_digest_up_compares(tmp_path: Pa
         monkeypatch.setenv(key, value)
     supervisors = load_settings()
     assert settings_digest(supervisors) == settings_digest(cli)
+
+
+def test_turning_the_bridge_off_or_the_supervisor_restarts_no_worker(tmp_path: Path) -> None:
+    before = _digests(tmp_path)
+    for overrides in ({"bridge": {"enabled": False}}, {"embedded": {"supervise": False, "stop_timeout_s": 3}}):
+        after = _digests(tmp_path, **overrides)
+        assert after["worker-0"] == before["worker-0"], overrides
+        assert after.get("mqtt-bridge", before["mqtt-bridge"]) == before["mqtt-bridge"], overrides
