@@ -6,6 +6,7 @@ kept consuming its share of every topic while `status` no longer listed it, a br
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,7 @@ from infra.embedded.components import settings_digest
 from infra.testing import embedded_settings
 from streams.app import worker_data_dir
 from streams.predecessor import read as read_member
+from topics.errors import StackError
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,17 @@ async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_tur
         async with ChatSession(old, "echo", "settings", reply_timeout_s=60.0) as chat:
             _, replies = await chat.say("before")
             assert [r.data["text"] for r in replies] == ["You said: before (turn 1)"]
+
+            # New settings that cannot work (the MQTT broker's new port is taken) change nothing: the supervisor
+            # keeps watching what runs.
+            with socket.socket() as taken:
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                port = taken.getsockname()[1]
+                blocked = old.model_copy(update={"embedded": old.embedded.model_copy(update={"mqtt_port": port})})
+                with pytest.raises(StackError, match=f"port {port} is already in use"):
+                    await EmbeddedStack(blocked).up()
+            assert {r.name: r.pid for r in stack.records()} == {name: r.pid for name, r in before.items()}
 
             stack = EmbeddedStack(new)
             status = {s.name: s for s in await stack.status()}
