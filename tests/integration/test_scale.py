@@ -6,15 +6,20 @@ kept consuming its share of every topic while `status` no longer listed it, a br
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
+from agents.dialogue.errors import DialogueError
+from agents.registry import AGENTS_DIR
+from infra.config import Settings
 from infra.console import ChatSession
 from infra.embedded import EmbeddedStack
 from infra.embedded.components import settings_digest
+from infra.embedded.process import ProcessRecord
 from infra.testing import embedded_settings
 from streams.app import worker_data_dir
 from streams.predecessor import read as read_member
@@ -83,16 +88,7 @@ async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_tur
             _, replies = await chat.say("before")
             assert [r.data["text"] for r in replies] == ["You said: before (turn 1)"]
 
-            # New settings that cannot work (the MQTT broker's new port is taken) change nothing: the supervisor
-            # keeps watching what runs.
-            with socket.socket() as taken:
-                taken.bind(("127.0.0.1", 0))
-                taken.listen()
-                port = taken.getsockname()[1]
-                blocked = old.model_copy(update={"embedded": old.embedded.model_copy(update={"mqtt_port": port})})
-                with pytest.raises(StackError, match=f"port {port} is already in use"):
-                    await EmbeddedStack(blocked).up()
-            assert {r.name: r.pid for r in stack.records()} == {name: r.pid for name, r in before.items()}
+            before = await _failed_ups_change_what_runs_but_the_supervisor(old, tmp_path, before)
 
             stack = EmbeddedStack(new)
             status = {s.name: s for s in await stack.status()}
@@ -129,3 +125,32 @@ async def test_up_starts_again_what_runs_on_old_settings_and_stops_what_they_tur
     supervisor_log = (tmp_path / "logs" / "supervisor.log").read_text()
     assert "worker-0 (pid" not in supervisor_log and "mqtt-bridge (pid" not in supervisor_log, \
         "a component `up` stopped is no death to the supervisor"
+
+
+async def _failed_ups_change_what_runs_but_the_supervisor(old: Settings, tmp_path: Path,
+                                                          before: dict[str, ProcessRecord]) -> dict[str, ProcessRecord]:
+    """`up` with new settings that fail leaves what ran running, and a supervisor watching it; the records after."""
+    stack = EmbeddedStack(old)
+    # New settings that cannot work (the MQTT broker's new port is taken) change nothing: the supervisor
+    # keeps watching what runs.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        blocked = old.model_copy(update={"embedded": old.embedded.model_copy(update={"mqtt_port": port})})
+        with pytest.raises(StackError, match=f"port {port} is already in use"):
+            await EmbeddedStack(blocked).up()
+    assert {r.name: r.pid for r in stack.records()} == {name: r.pid for name, r in before.items()}
+
+    # New settings that fail part-way (a second `helpdesk` agent, found as the topics are declared, after
+    # the supervisor was stopped): what ran keeps running, and a supervisor watches it again.
+    more = tmp_path / "more agents"
+    shutil.copytree(AGENTS_DIR / "helpdesk", more / "helpdesk")
+    failing = old.model_copy(update={"workers": old.workers.model_copy(update={"agent_dirs": (more,)})})
+    with pytest.raises(DialogueError, match="declared twice"):
+        await EmbeddedStack(failing).up()
+    pids = {r.name: r.pid for r in stack.records()}
+    assert pids.pop("supervisor") != before["supervisor"].pid
+    assert pids == {name: r.pid for name, r in before.items() if name != "supervisor"}
+    return {r.name: r for r in stack.records()}
+
