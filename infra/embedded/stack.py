@@ -228,6 +228,7 @@ class EmbeddedStack:
             "tansu": "kafka.bootstrap_servers names an external Kafka",
             "seaweedfs": "s3.endpoint_url names an external S3",
             "mqtt": "mqtt.host names an external broker",
+            SUPERVISOR: "embedded.supervise is off",
         }.get(name, "these settings do not plan it")
 
     def _stop_together(self, records: list[ProcessRecord]) -> list[tuple[ProcessRecord, str]]:
