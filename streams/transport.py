@@ -5,7 +5,8 @@ faust-streaming 0.15.3 hard-codes `fetch_max_wait_ms=1500` for worker consumers.
 waiting fetch when data arrives, that is up to 1.5 s of latency per hop. The consumer also carries the fixes in
 `streams.faust_fixes` (lost input messages when a rebalance meets a Table's recovery) and `streams.aiokafka_fixes`
 (no heartbeat while the rebalance callback runs, so a slow callback got the member thrown out), and asks for a
-longer fetch wait while it is behind (`infra.bus.fetch_wait`: Tansu on S3 starves a short one). Registered as the
+longer fetch wait while it is behind (`infra.bus.fetch_wait`: Tansu on S3 starves a short one) and leaves its group
+when it stops also in Tansu's first generation (`infra.bus.group_leave`). Registered as the
 `switchboard://` broker scheme through the `faust.transports` entry point.
 """
 
@@ -26,7 +27,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from infra.bus import fetch_wait
+from infra.bus import fetch_wait, group_leave
 from streams import aiokafka_fixes, faust_fixes, predecessor
 
 DEFAULT_FETCH_MAX_WAIT_MS = 500
@@ -103,6 +104,7 @@ class Consumer(faust_fixes.ConsumerFixes, faust_aiokafka.Consumer):
         # The consumer fixes come with the stream fix, and none of them runs on a Faust they were not written for.
         faust_fixes.apply()
         aiokafka_fixes.apply()  # heartbeats while Faust's rebalance callback runs
+        group_leave.install()  # leaves the group on stop also in Tansu's generation 0
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> ConsumerThread:

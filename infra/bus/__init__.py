@@ -1,5 +1,6 @@
 """Client logic for the Kafka-protocol bus: clients from settings, topic admin, correct reading to the end, and a
-fetch wait that a consumer behind raises (`fetch_wait`)."""
+fetch wait that a consumer behind raises (`fetch_wait`), and a stopping consumer that leaves its group also in
+Tansu's first generation (`group_leave`)."""
 
 from infra.bus.admin import TopicOutcome, ensure_topics, existing_topics
 from infra.bus.clients import aiokafka_common, confluent_config, consumer, producer

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from infra.bus import fetch_wait
+from infra.bus import fetch_wait, group_leave
 from infra.config import Settings
 
 
@@ -64,6 +64,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **ov
     }
     options.update(overrides)
     fetch_wait.install(kafka.fetch_catch_up_wait_ms, kafka.fetch_catch_up_max_wait_ms)
+    group_leave.install()  # leaves its group on stop also in Tansu's generation 0
     return AIOKafkaConsumer(*topics, **options)
 
 
