@@ -35,11 +35,24 @@ def _free(port: int) -> bool:
             return False
 
 
-def free_port_block(count: int, *, grpc_offset: int = 10000, low: int = 20000, high: int = 45000) -> list[int]:
-    """`count` consecutive free ports whose +10000 neighbours (weed's gRPC ports) are free too."""
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports start (Linux; 32768 elsewhere, the usual value)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_block(count: int, *, grpc_offset: int = 10000, low: int = 12000, high: int | None = None) -> list[int]:
+    """`count` consecutive free ports whose +`grpc_offset` neighbours (weed's gRPC ports) are free too.
+
+    All below the kernel's ephemeral range (`high` by default): the kernel hands those out to every outgoing
+    connection and every `bind(0)`, weed mini's own random port included, so a port found free there could be
+    taken before the stack binds it (seen on CI: Tansu's port, between the check and the start)."""
+    top = (_ephemeral_low() - grpc_offset) if high is None else high
     rng = random.Random()
     for _ in range(500):
-        base = rng.randrange(low, high - count)
+        base = rng.randrange(low, top - count)
         ports = list(range(base, base + count))
         if all(_free(p) and _free(p + grpc_offset) for p in ports):
             return ports
