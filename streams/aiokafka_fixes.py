@@ -17,15 +17,11 @@ aiokafka starts after the callback anyway (`_start_heartbeat_task` does nothing 
 
 from __future__ import annotations
 
-import aiokafka
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 
-AIOKAFKA_VERSIONS = ("0.14.",)
+from infra.bus import aiokafka_version
+
 _original_on_join_complete = GroupCoordinator._on_join_complete
-
-
-class AIOKafkaVersionError(RuntimeError):
-    """The installed aiokafka is not a version this fix was written against."""
 
 
 async def _on_join_complete(self: GroupCoordinator, generation: int, member_id: str, protocol: str,
@@ -36,11 +32,7 @@ async def _on_join_complete(self: GroupCoordinator, generation: int, member_id: 
 
 def apply() -> None:
     """Install fix (f) on aiokafka's group coordinator. Idempotent; refuses an aiokafka it was not written for."""
-    if not aiokafka.__version__.startswith(AIOKAFKA_VERSIONS):
-        raise AIOKafkaVersionError(
-            f"streams.aiokafka_fixes patches aiokafka {' or '.join(v + 'x' for v in AIOKAFKA_VERSIONS)} internals, "
-            f"but {aiokafka.__version__} is installed: pin aiokafka>=0.14,<0.15, or check the fix against "
-            f"{aiokafka.__version__} (GroupCoordinator._on_join_complete) before allowing it")
+    aiokafka_version.check("streams.aiokafka_fixes", "GroupCoordinator._on_join_complete")
     if GroupCoordinator.__dict__.get("_on_join_complete") is not _on_join_complete:
         GroupCoordinator._on_join_complete = _on_join_complete
 

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, NamedTuple
 
-import aiokafka
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.structs import TopicPartition
 
-AIOKAFKA_VERSIONS = ("0.14.",)
+from infra.bus import aiokafka_version
+
 STUCK_AFTER = 3  # answered fetches in a row with nothing, at the longest wait, before a partition counts as a hole
 HOLE_RETRY_S = 30.0  # a hole is tried at the longest wait again after this, in case it was only very slow
 
@@ -127,10 +127,6 @@ _limits = _Limits()
 _original_actions = Fetcher._get_actions_per_node
 
 
-class AIOKafkaVersionError(RuntimeError):
-    """The installed aiokafka is not a version this module was written against."""
-
-
 def _policy(fetcher: Any) -> FetchWaitPolicy | None:
     if _limits.catch_up_ms is None:
         return None
@@ -160,11 +156,7 @@ def _get_actions_per_node(self: Any, assignment: Any) -> Any:
 def install(catch_up_ms: int, max_ms: int) -> None:
     """Make every aiokafka consumer in this process ask for a catch-up wait while it is behind (see the module
     docstring). Idempotent; a later call changes the limits for fetchers that have not fetched yet."""
-    if not aiokafka.__version__.startswith(AIOKAFKA_VERSIONS):
-        raise AIOKafkaVersionError(
-            f"infra.bus.fetch_wait patches aiokafka {' or '.join(v + 'x' for v in AIOKAFKA_VERSIONS)} internals "
-            f"(Fetcher._get_actions_per_node), but {aiokafka.__version__} is installed: pin aiokafka>=0.14,<0.15, "
-            "or check the patch against the installed version before allowing it")
+    aiokafka_version.check("infra.bus.fetch_wait", "Fetcher._get_actions_per_node")
     _limits.catch_up_ms, _limits.max_ms = catch_up_ms, max_ms
     Fetcher._get_actions_per_node = _get_actions_per_node
 

@@ -19,19 +19,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import aiokafka
 from aiokafka import errors
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 
-AIOKAFKA_VERSIONS = ("0.14.",)
+from infra.bus import aiokafka_version
+
 log = logging.getLogger("aiokafka.consumer.group_coordinator")  # where aiokafka logs its own LeaveGroup
 _original = GroupCoordinator._maybe_leave_group
-
-
-class AIOKafkaVersionError(RuntimeError):
-    """The installed aiokafka is not a version this fix was written against."""
 
 
 async def _maybe_leave_group(self: Any) -> None:
@@ -51,11 +47,7 @@ async def _maybe_leave_group(self: Any) -> None:
 def install() -> None:
     """Install fix (j) on aiokafka's group coordinator, for the whole process. Idempotent; refuses an aiokafka it
     was not written for."""
-    if not aiokafka.__version__.startswith(AIOKAFKA_VERSIONS):
-        raise AIOKafkaVersionError(
-            f"infra.bus.group_leave patches aiokafka {' or '.join(v + 'x' for v in AIOKAFKA_VERSIONS)} internals "
-            f"(GroupCoordinator._maybe_leave_group), but {aiokafka.__version__} is installed: pin "
-            "aiokafka>=0.14,<0.15, or check the fix against the installed version before allowing it")
+    aiokafka_version.check("infra.bus.group_leave", "GroupCoordinator._maybe_leave_group")
     GroupCoordinator._maybe_leave_group = _maybe_leave_group
 
 

@@ -53,20 +53,20 @@ _STACK_SHAPE = frozenset({"SWITCHBOARD_WORKERS__COUNT", "SWITCHBOARD_BRIDGE__ENA
                           "SWITCHBOARD_EMBEDDED__STOP_TIMEOUT_S"})
 
 
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _server_digest(command: list[str], *settings_parts: object) -> str:
     """Of a server's arguments and what else it takes from the settings, not of its executable's path: another
     interpreter or a reinstalled binary is no change of settings."""
-    return _digest(command[1:], *settings_parts)
+    return _digest([command[1:], *settings_parts])
 
 
 def settings_digest(settings: Settings) -> str:
     """Of the settings our own processes (workers, bridge, model server) are started with: they read most of
     them, so any change but the stack's shape starts them again."""
-    return _digest({k: v for k, v in settings.environment().items() if k not in _STACK_SHAPE})
+    return _digest([{k: v for k, v in settings.environment().items() if k not in _STACK_SHAPE}])
 
 
 def logs_dir(settings: Settings) -> Path:
@@ -244,8 +244,7 @@ def supervisor(settings: Settings) -> Component:
     included (`--workers 3`), starts it again; the digest tells."""
     component = _python_component(settings, SUPERVISOR, "infra.embedded.supervisor",
                                   "restarts a component that dies", ready_env="SWITCHBOARD_READY_FILE")
-    digest = hashlib.sha256(json.dumps(settings.environment(), sort_keys=True).encode()).hexdigest()[:16]
-    return dataclasses.replace(component, settings_digest=digest)
+    return dataclasses.replace(component, settings_digest=_digest(settings.environment()))
 
 
 def plan(settings: Settings) -> list[Component]:
